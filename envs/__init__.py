@@ -1,0 +1,13 @@
+"""Environments rlzoo writes itself, in the gymnax 1.x API.
+
+`REGISTRY` maps an env id to a zero-argument factory; `rlzoo.env_adapter.make_env`
+looks ids up here before gymnax. Add a new env by registering its factory.
+"""
+
+from rlzoo.envs.random_walk import RandomWalk
+
+REGISTRY = {
+    "RandomWalk19-v0": lambda: RandomWalk(19),
+}
+
+__all__ = ["REGISTRY", "RandomWalk"]

@@ -1,0 +1,88 @@
+"""The parts of the algorithm-file contract that every algorithm shares.
+
+An algorithm file defines a frozen `Config` (static: env, sizes, budgets; the CLI)
+and an `HParams` pytree (traced, sweepable numbers with declared `BOUNDS`);
+`make_train(config)` returns a `Trainer`, callable as `train(key, hparams)` and
+also runnable as a sequence of jitted chunks of updates with the whole training
+state between them (what checkpoints, resume and per-chunk logging build on).
+
+This module holds that `Trainer`, the range type used in `HParams.BOUNDS`, and
+the validation helpers whose errors name the field, the value and what is
+allowed. It holds nothing algorithm-specific.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """An interval of allowed values for a number, printed like `(0, inf)` or `[0, 1]`."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_closed: bool = True
+    high_closed: bool = True
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return bool(above and below and not math.isnan(value))
+
+    def __str__(self) -> str:
+        left = "[" if self.low_closed and math.isfinite(self.low) else "("
+        right = "]" if self.high_closed and math.isfinite(self.high) else ")"
+        return f"{left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE = Range(0.0, math.inf, low_closed=False)
+NON_NEGATIVE = Range(0.0, math.inf)
+UNIT_INTERVAL = Range(0.0, 1.0)
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: the message names the field, the value and what is allowed."""
+
+
+def check(condition: bool, field: str, value: Any, allowed: str) -> None:
+    """Raises a ValueError naming the field, the value given and what is allowed."""
+    if not condition:
+        raise ConfigError(f"{field}={value!r} is not allowed: {allowed}")
+
+
+def check_hparams(hparams: Any, label: str = "") -> None:
+    """Checks every field of an HParams instance against its class's `BOUNDS`."""
+    bounds: dict[str, Range] = getattr(type(hparams), "BOUNDS", {})
+    for field in dataclasses.fields(hparams):
+        value = getattr(hparams, field.name)
+        if field.name in bounds and not isinstance(value, jax.core.Tracer):
+            allowed = bounds[field.name]
+            check(float(value) in allowed, f"{label}{field.name}", value, f"must lie in {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """What `make_train(config)` returns.
+
+    `trainer(key, hparams)` runs all `num_updates` updates and returns
+    `(final_state, metrics)`, where each metric has a leading axis of updates.
+    `init` and `update` are the pieces: `run(state, hparams, n)` scans `update`
+    n times, so a long run can be split into chunks with the state saved between.
+    """
+
+    init: Callable[[jax.Array, Any], Any]
+    update: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]
+    num_updates: int
+    env_steps_per_update: int
+
+    def run(self, state: Any, hparams: Any, num_updates: int) -> tuple[Any, dict[str, jax.Array]]:
+        return jax.lax.scan(lambda s, _: self.update(s, hparams), state, None, length=num_updates)
+
+    def __call__(self, key: jax.Array, hparams: Any) -> tuple[Any, dict[str, jax.Array]]:
+        return self.run(self.init(key, hparams), hparams, self.num_updates)

@@ -1,0 +1,241 @@
+"""The CLI and run-folder contract that every algorithm file keeps.
+
+`run_cli(algo, Config, HParams, make_train)` is each file's `main`: it parses one
+flat command line (Config fields, HParams fields, and `RunOptions`: `--seed`,
+`--num-seeds`, `--run-dir`, `--resume`, `--sweep`), then `run_experiment` trains
+every configuration x seed as one compiled program in chunks of updates and
+writes the run folder:
+
+    config.json          resolved config, hyperparameters, sweep, seeds, versions
+    metrics.csv          one row per (update, configuration, seed): update, env_steps, config, seed, metrics...
+    summary.json         final_return, env_steps, compile_s, run_s, steps_per_s, ...
+    learning_curve.png   episode return against env steps
+    checkpoints/         orbax checkpoints of the whole training state after each chunk
+
+`--resume RUN_DIR` reloads the run's config.json and its newest checkpoint and
+continues; rows logged after that checkpoint are dropped from metrics.csv first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlzoo import checkpoint
+from rlzoo.config import ConfigError, Trainer, check, check_hparams
+from rlzoo.logging import MetricsCSV, ProgressBar, plot_learning_curves, results_table
+from rlzoo.sweep import expand_members, make_grid, member_sharding, parse_sweep, seed_keys, shard_members, split_members
+
+CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, PLOT_FILE, CHECKPOINT_DIR = (
+    "config.json", "summary.json", "metrics.csv", "learning_curve.png", "checkpoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Options of the run itself, shared by every algorithm."""
+
+    seed: int = 0
+    """Base seed; the seeds' keys are split from it."""
+    num_seeds: int = 1
+    """Independent seeds, vmapped in one program."""
+    run_dir: str | None = None
+    """Run folder (default runs/<env>__<algo>__<seed>__<time>)."""
+    resume: str | None = None
+    """Continue the run in this folder from its newest checkpoint (its config.json wins over other flags)."""
+    sweep: tuple[str, ...] = ()
+    """Hyperparameter grid, e.g. --sweep lr=1e-4,3e-4 gamma=0.98,0.99 (HParams fields only)."""
+    num_chunks: int = 20
+    """Chunks the training is split into: progress, metrics and checkpoints are written after each."""
+    keep_checkpoints: int = 3
+    """Newest checkpoints kept."""
+    progress: bool = True
+    """Show a live progress bar."""
+
+    def __post_init__(self):
+        check(self.num_seeds >= 1, "num_seeds", self.num_seeds, "must be >= 1")
+        check(self.num_chunks >= 1, "num_chunks", self.num_chunks, "must be >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+
+
+def plan_chunks(num_updates: int, target_chunks: int) -> list[int]:
+    """Chunk sizes summing to `num_updates`: equal sizes when a divisor is close, else one remainder chunk.
+
+    Each distinct size is one compiled program, so at most two are used.
+    """
+    ideal = math.ceil(num_updates / min(target_chunks, num_updates))
+    divisor = next(d for d in range(ideal, num_updates + 1) if num_updates % d == 0)
+    if divisor <= 2 * ideal:
+        return [divisor] * (num_updates // divisor)
+    return [ideal] * (num_updates // ideal) + ([num_updates % ideal] if num_updates % ideal else [])
+
+
+def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
+    safe_env = env_id.replace("/", "-")
+    return Path("runs") / f"{safe_env}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def load_run_config(run_dir: Path, config_cls: type, hparams_cls: type) -> tuple[Any, Any, RunOptions]:
+    """Reads a run folder's config.json back into (Config, HParams, RunOptions)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"resume={str(run_dir)!r}: no {CONFIG_FILE} there; is it a run folder?")
+    saved = json.loads(path.read_text())
+    config = config_cls(**{k: _tuples(v) for k, v in saved["config"].items()})
+    hparams = hparams_cls(**saved["hparams"])
+    run = {k: _tuples(v) for k, v in saved["run"].items()}
+    return config, hparams, RunOptions(**{**run, "run_dir": str(run_dir), "resume": str(run_dir)})
+
+
+def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any, hparams: Any,
+                   options: RunOptions) -> dict[str, Any]:
+    """Trains every configuration x seed and writes the run folder; returns the summary."""
+    check_hparams(hparams)
+    grid = make_grid(hparams, parse_sweep(options.sweep, type(hparams), type(config)))
+    run_dir = Path(options.run_dir or default_run_dir(config.env_id, algo, options.seed))
+    if not options.resume and (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"run_dir={str(run_dir)!r} already holds a run: continue it with --resume {run_dir} "
+                          f"or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not options.resume:
+        _write_json(run_dir / CONFIG_FILE, {
+            "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
+            "run": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("run_dir", "resume")},
+            "configs": grid.labels,
+            "versions": {p: _package_version(p) for p in ("rlzoo", "jax", "flax", "optax", "gymnax", "brax")},
+            "devices": [str(d) for d in jax.local_devices()],
+        })
+
+    trainer = make_train(config)
+    num_seeds, num_configs = options.num_seeds, len(grid.labels)
+    keys, member_hparams = expand_members(seed_keys(options.seed, num_seeds), grid.hparams)
+    sharding = member_sharding(keys.shape[0])
+    keys, member_hparams = shard_members((keys, member_hparams), sharding)
+    chunks = plan_chunks(trainer.num_updates, options.num_chunks)
+
+    compile_start = time.perf_counter()
+    init = jax.jit(jax.vmap(trainer.init)).lower(keys, member_hparams).compile()
+    compile_s = time.perf_counter() - compile_start
+    run_start = time.perf_counter()
+    state = init(keys, member_hparams)
+    jax.block_until_ready(state)
+    run_s = time.perf_counter() - run_start
+
+    compiled_chunks: dict[int, Any] = {}
+    for size in sorted(set(chunks)):
+        compile_start = time.perf_counter()
+        run_chunk = jax.vmap(lambda s, hp, n=size: trainer.run(s, hp, n))
+        compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams).compile()
+        compile_s += time.perf_counter() - compile_start
+
+    manager = checkpoint.checkpoint_manager(run_dir / CHECKPOINT_DIR, options.keep_checkpoints)
+    updates_done = 0
+    metrics_csv = None
+    if options.resume and manager.latest_step() is not None:
+        updates_done, state = checkpoint.restore_latest(manager, state)
+    bar = ProgressBar(trainer.num_updates * trainer.env_steps_per_update, f"{algo} {config.env_id}", options.progress)
+    steps_this_session = 0
+    last_metrics: dict[str, np.ndarray] = {}
+    try:
+        chunk_start = 0
+        for size in chunks:
+            chunk_start += size
+            if chunk_start <= updates_done:
+                continue
+            tick = time.perf_counter()
+            state, metrics = compiled_chunks[size](state, member_hparams)
+            metrics = jax.device_get(metrics)
+            run_s += time.perf_counter() - tick
+            if metrics_csv is None:
+                metrics_csv = MetricsCSV(run_dir / METRICS_FILE, list(metrics), grid.labels, num_seeds)
+                metrics_csv.truncate_after(updates_done)
+            metrics_csv.append(chunk_start - size, metrics)
+            checkpoint.save(manager, chunk_start, state)
+            steps_this_session += size * trainer.env_steps_per_update * keys.shape[0]
+            last_metrics = {k: v[:, -1] for k, v in metrics.items()}
+            with np.errstate(all="ignore"):
+                bar.update(int(metrics["env_steps"][0, -1]), steps_this_session / run_s,
+                           float(np.nanmean(last_metrics["episode_return"])))
+    finally:
+        bar.close()
+        manager.wait_until_finished()
+
+    if not last_metrics:  # resumed a run that had already finished
+        raise ConfigError(f"resume={str(run_dir)!r}: the run is already complete ({updates_done} updates)")
+    final = split_members(np.asarray(last_metrics["episode_return"], np.float64), num_configs)
+    with np.errstate(all="ignore"):
+        per_config = [float(np.nanmean(v)) for v in final]
+    summary = {
+        "final_return": per_config[0] if num_configs == 1 else dict(zip(grid.labels, per_config)),
+        "final_return_per_seed": {label: v.tolist() for label, v in zip(grid.labels, final)},
+        "env_steps": int(trainer.num_updates * trainer.env_steps_per_update),
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "steps_per_s": steps_this_session / run_s,
+        "num_seeds": num_seeds,
+        "configs": grid.labels,
+        "devices": len(jax.local_devices()) if sharding is None else len(sharding.mesh.devices.flat),
+    }
+    _write_json(run_dir / SUMMARY_FILE, summary)
+    plot_learning_curves(run_dir / METRICS_FILE, run_dir / PLOT_FILE, f"{algo} on {config.env_id}")
+    results_table(grid.labels, final, f"{algo} on {config.env_id}: {summary['env_steps']:,} steps, "
+                  f"{num_seeds} seed(s); compile {compile_s:.1f}s, run {run_s:.1f}s, "
+                  f"{summary['steps_per_s']:,.0f} steps/s")
+    print(f"run folder: {run_dir}")
+    return summary
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(clean(payload), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable[[Any], Trainer],
+            args: list[str] | None = None) -> dict[str, Any] | None:
+    """Parses the command line and runs; errors in the input print one clear line and exit with code 2."""
+    import tyro
+
+    def parse(config, hparams, run):
+        return config, hparams, run
+
+    parse.__annotations__ = {"config": config_cls, "hparams": hparams_cls, "run": RunOptions}
+
+    try:
+        config, hparams, options = tyro.cli(parse, args=args, config=(tyro.conf.OmitArgPrefixes,),
+                                            description=sys.modules[make_train.__module__].__doc__)
+        if options.resume:
+            config, hparams, options = load_run_config(Path(options.resume), config_cls, hparams_cls)
+        return run_experiment(algo, make_train, config, hparams, options)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,99 @@
+"""Neural network building blocks (flax.linen) shared by the algorithm files.
+
+Torsos map observations to features (`MLP`, `MinAtarCNN`, chosen by `make_torso`);
+heads turn features into a policy distribution (distrax) or a value. Orthogonal
+initialisation follows the PPO implementation details (Huang et al., 2022):
+gain sqrt(2) in hidden layers, 0.01 on the policy head, 1.0 on the value head.
+
+Not here: losses, optimisers, or anything algorithm-specific (those stay in the
+algorithm's file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import distrax
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from rlzoo.config import ConfigError
+
+ACTIVATIONS: dict[str, Callable] = {"tanh": nn.tanh, "relu": nn.relu, "swish": nn.swish, "gelu": nn.gelu}
+
+
+def orthogonal_dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
+    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
+
+
+class MLP(nn.Module):
+    """Fully connected torso: Dense -> activation, for each hidden size."""
+
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for size in self.hidden_sizes:
+            x = ACTIVATIONS[self.activation](orthogonal_dense(size)(x))
+        return x
+
+
+class MinAtarCNN(nn.Module):
+    """The MinAtar torso (Young & Tian, 2019): one 3x3 conv with 16 channels, then a dense layer."""
+
+    channels: int = 16
+    hidden_size: int = 128
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        act = ACTIVATIONS[self.activation]
+        x = x.astype(jnp.float32)
+        x = act(nn.Conv(self.channels, (3, 3), padding="VALID", kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        x = x.reshape(*x.shape[:-3], -1)
+        return act(orthogonal_dense(self.hidden_size)(x))
+
+
+def make_torso(obs_shape: tuple[int, ...], hidden_sizes: Sequence[int], activation: str) -> nn.Module:
+    """A CNN for image-like (H, W, C) observations, else an MLP."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation={activation!r} is not allowed; allowed: {', '.join(ACTIVATIONS)}")
+    if len(obs_shape) == 3:
+        return MinAtarCNN(activation="relu" if activation == "tanh" else activation)
+    return MLP(tuple(hidden_sizes), activation)
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic torsos with a categorical or diagonal-Gaussian policy.
+
+    Continuous actions use a state-independent log-std parameter (Schulman et al.,
+    2017), initialised to 0. `__call__` returns (policy distribution, V(s)).
+    """
+
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    discrete: bool
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    def setup(self):
+        self.actor_torso = make_torso(self.obs_shape, self.hidden_sizes, self.activation)
+        self.critic_torso = make_torso(self.obs_shape, self.hidden_sizes, self.activation)
+        self.policy_head = orthogonal_dense(self.num_actions, gain=0.01)
+        self.value_head = orthogonal_dense(1, gain=1.0)
+        if not self.discrete:
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+
+    def value(self, obs: jnp.ndarray) -> jnp.ndarray:
+        return self.value_head(self.critic_torso(obs)).squeeze(-1)
+
+    def policy(self, obs: jnp.ndarray) -> distrax.Distribution:
+        out = self.policy_head(self.actor_torso(obs))
+        if self.discrete:
+            return distrax.Categorical(logits=out)
+        return distrax.MultivariateNormalDiag(out, jnp.exp(jnp.broadcast_to(self.log_std, out.shape)))
+
+    def __call__(self, obs: jnp.ndarray) -> tuple[distrax.Distribution, jnp.ndarray]:
+        return self.policy(obs), self.value(obs)
