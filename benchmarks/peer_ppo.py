@@ -36,8 +36,19 @@ import sys
 import time
 import types
 
-import jax
-import jax.numpy as jnp
+# jaxlib 0.10.2 on a 2-core CPU deadlocks when two batched (vmapped) LAPACK
+# custom calls -- e.g. the QR behind orthogonal initialisers, as in PureJaxRL's
+# actor and critic -- run concurrently: each blocks its intra-op pool thread
+# waiting for sub-tasks queued on that same, now-empty pool. Turning off XLA's
+# concurrency-optimised scheduler avoids the hang here. It is appended to
+# XLA_FLAGS unless the caller already set this flag; the flags in effect are
+# reported in the JSON line ("xla_flags").
+_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {_FLAG}=false").strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import jax.numpy as jnp  # noqa: E402
 
 # PureJaxRL's CartPole-v1 defaults (purejaxrl/ppo.py __main__).
 DEFAULTS = dict(
@@ -237,6 +248,7 @@ def main():
         "final_return": None if ret is None else round(ret, 2),
         "jax": jax.__version__,
         "gymnax": importlib.metadata.version("gymnax"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     print(json.dumps(result), flush=True)
 

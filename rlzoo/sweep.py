@@ -9,8 +9,9 @@ local devices with `jax.sharding` (a 1-D mesh named "members"); no `pmap`.
 
 From Python:
 
-    results = run_sweep(make_train(Config()), HParams(), {"lr": [1e-4, 3e-4]}, seed=0, num_seeds=4)
-    results.outputs  # (final_state, metrics) with leading axes [C, S]
+    result = run_sweep(make_train(Config()), HParams(), {"lr": [1e-4, 3e-4]}, seed=0, num_seeds=4)
+    result.outputs                  # (final_state, metrics), leading member axis [C*S]
+    result.per_config(result.outputs[1])  # metrics as host arrays [C, S, updates]
 
 From the CLI: `--num-seeds 4 --sweep lr=1e-4,3e-4,1e-3 gamma=0.98,0.99`.
 
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from rlzoo.config import ConfigError, check_hparams
 
@@ -104,7 +105,7 @@ def member_sharding(num_members: int) -> NamedSharding | None:
     used = max(d for d in range(1, len(devices) + 1) if num_members % d == 0)
     if used == 1:
         return None
-    mesh = jax.make_mesh((used,), (MEMBER_AXIS,), devices=devices[:used])
+    mesh = jax.make_mesh((used,), (MEMBER_AXIS,), devices=devices[:used], axis_types=(AxisType.Auto,))
     return NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
 
 
@@ -114,8 +115,14 @@ def shard_members(tree: Any, sharding: NamedSharding | None) -> Any:
 
 
 class SweepResult(NamedTuple):
-    labels: list[str]
-    outputs: Any  # whatever train returns, with leading axes [C, S]
+    labels: list[str]  # one per configuration
+    num_seeds: int
+    outputs: Any  # whatever train returns, with a leading member axis [C*S], sharded over devices
+
+    def per_config(self, tree: Any = None) -> Any:
+        """`tree` (default: all outputs) on the host with leading axes [C, S]."""
+        tree = self.outputs if tree is None else tree
+        return jax.tree.map(lambda x: split_members(np.asarray(jax.device_get(x)), len(self.labels)), tree)
 
 
 def run_sweep(train: Callable, base: Any, values: dict[str, list[float]], seed: int = 0,
@@ -127,10 +134,12 @@ def run_sweep(train: Callable, base: Any, values: dict[str, list[float]], seed: 
     keys, hparams = expand_members(seed_keys(seed, num_seeds), grid.hparams)
     sharding = member_sharding(keys.shape[0])
     keys, hparams = shard_members((keys, hparams), sharding)
-    outputs = jax.jit(jax.vmap(train))(keys, hparams)
-    num_configs = len(grid.labels)
-    outputs = jax.tree.map(lambda x: x.reshape(num_configs, num_seeds, *x.shape[1:]), outputs)
-    return SweepResult(grid.labels, outputs)
+
+    def sweep_members(member_keys, member_hparams):
+        outputs = jax.vmap(train)(member_keys, member_hparams)
+        return outputs if sharding is None else jax.lax.with_sharding_constraint(outputs, sharding)
+
+    return SweepResult(grid.labels, num_seeds, jax.jit(sweep_members)(keys, hparams))
 
 
 def split_members(values: np.ndarray, num_configs: int) -> np.ndarray:

@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/python -m pip
+
+.PHONY: demo test install bench bench-peer clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Reinstalls when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) algorithms/ppo.py --env-id CartPole-v1
+
+test: install
+	$(PY) -m pytest
+
+# Speed benchmark: ours vs raw env stepping vs peers (peers in their own venv, see benchmarks/README.md).
+.venv-peer/bin/python: benchmarks/requirements-peer.txt
+	$(PYTHON) -m venv .venv-peer
+	.venv-peer/bin/python -m pip install --quiet -r benchmarks/requirements-peer.txt
+	touch $@
+
+bench-peer: .venv-peer/bin/python
+
+bench: install bench-peer
+	$(PY) benchmarks/bench_ppo.py
+
+clean:
+	rm -rf $(VENV) .venv-peer .jax_cache .pytest_cache runs

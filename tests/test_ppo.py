@@ -1,0 +1,128 @@
+"""Facts about PPO: it learns, sweeps compile once and match separate runs, runs are reproducible."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import monitoring
+
+from rlzoo.algorithms.ppo import Config, HParams, make_train
+from rlzoo.sweep import expand_members, make_grid, run_sweep, seed_keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Small budget shared by the sweep, determinism and device tests: 16 updates of 4 x 128 steps.
+SMALL = Config(total_timesteps=16 * 512)
+
+
+@pytest.fixture(scope="module")
+def cartpole_two_seeds():
+    """PureJaxRL's CartPole-v1 defaults, 5e5 steps, 2 vmapped seeds (trained once for this module)."""
+    train = make_train(Config())
+    keys = seed_keys(0, 2)
+    _, metrics = jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, HParams())
+    return jax.device_get(metrics)
+
+
+@pytest.mark.slow
+def test_ppo_solves_cartpole_within_5e5_steps_on_each_of_two_seeds(cartpole_two_seeds):
+    final_return = cartpole_two_seeds["episode_return"][:, -1]
+    assert cartpole_two_seeds["env_steps"][0, -1] <= 500_000
+    assert (final_return >= 475).all(), final_return
+
+
+@pytest.mark.slow
+def test_ppo_learns_continuous_pendulum():
+    """gymnax Pendulum-v1 (brax compiles too slowly for a CPU test): >= -300 in 3e5 steps."""
+    config = Config(env_id="Pendulum-v1", total_timesteps=300_000, num_envs=32, num_steps=64,
+                    num_epochs=10, num_minibatches=8)
+    hparams = HParams(lr=1e-3, gamma=0.95, gae_lambda=0.95, ent_coef=0.0)
+    _, metrics = jax.jit(jax.vmap(make_train(config), in_axes=(0, None)))(seed_keys(0, 2), hparams)
+    final_return = np.asarray(metrics["episode_return"][:, -1])
+    assert (final_return >= -300).all(), final_return
+
+
+def _count_compiles(fun_name_fragment):
+    events = []
+    monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: events.append(kw.get("fun_name", ""))
+        if event == "/jax/core/compile/backend_compile_duration" else None)
+    return lambda: sum(fun_name_fragment in name for name in events)
+
+
+def test_lr_sweep_of_three_values_and_two_seeds_compiles_once_and_equals_separate_runs():
+    train = make_train(SMALL)
+    lrs = [1e-4, 3e-4, 1e-3]
+    compiles = _count_compiles("sweep_members")
+    result = run_sweep(train, HParams(), {"lr": lrs}, seed=0, num_seeds=2)
+    assert compiles() == 1
+    swept_metrics = result.per_config(result.outputs[1])
+    swept = swept_metrics["episode_return"]
+    assert swept.shape == (3, 2, 16)
+    assert result.labels == ["lr=0.0001", "lr=0.0003", "lr=0.001"]
+
+    separate = jax.jit(train)
+    for c, lr in enumerate(lrs):
+        for s, key in enumerate(seed_keys(0, 2)):
+            _, metrics = separate(key, HParams(lr=jnp.float32(lr)))
+            np.testing.assert_allclose(swept[c, s], metrics["episode_return"], rtol=1e-5)
+            np.testing.assert_allclose(swept_metrics["value_loss"][c, s],
+                                       metrics["value_loss"], rtol=1e-4)
+    # The learning rate really differs between configurations.
+    assert not np.allclose(swept[0], swept[2])
+
+
+def test_same_seed_twice_gives_bit_identical_metrics():
+    first = jax.device_get(jax.jit(make_train(SMALL))(jax.random.PRNGKey(7), HParams())[1])
+    second = jax.device_get(jax.jit(make_train(SMALL))(jax.random.PRNGKey(7), HParams())[1])
+    other = jax.device_get(jax.jit(make_train(SMALL))(jax.random.PRNGKey(8), HParams())[1])
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    assert not np.array_equal(first["value_loss"], other["value_loss"])
+
+
+DEVICE_SCRIPT = textwrap.dedent("""
+    import sys, jax, numpy as np
+    jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+    from rlzoo.algorithms.ppo import Config, HParams, make_train
+    from rlzoo.sweep import run_sweep
+    result = run_sweep(make_train(Config(total_timesteps=16 * 512)), HParams(), {"lr": [3e-4, 1e-3]},
+                       seed=0, num_seeds=2)
+    state, metrics = result.outputs
+    leaf = jax.tree.leaves(state.params)[0]
+    np.savez(sys.argv[2], devices=len(leaf.sharding.device_set),
+             **{k: np.asarray(v) for k, v in metrics.items()},
+             params=np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]))
+""")
+
+
+def _run_on_devices(num_devices, tmp_path):
+    out = tmp_path / f"devices{num_devices}.npz"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(num_devices), str(out)], check=True, env=env,
+                   cwd=ROOT, timeout=600)
+    return np.load(out)
+
+
+def test_sweep_sharded_over_four_devices_equals_one_device(tmp_path):
+    four, one = _run_on_devices(4, tmp_path), _run_on_devices(1, tmp_path)
+    assert int(four["devices"]) == 4 and int(one["devices"]) == 1
+    for name in ("episode_return", "value_loss", "policy_loss", "params"):
+        # Partitioned programs may order float sums differently: equal to float32 rounding, not bit for bit.
+        np.testing.assert_allclose(four[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_grid_members_are_configuration_major_with_shared_seeds():
+    grid = make_grid(HParams(), {"lr": [1.0, 2.0], "gamma": [0.9, 0.99]})
+    keys, hparams = expand_members(seed_keys(0, 3), grid.hparams)
+    assert grid.labels == ["lr=1,gamma=0.9", "lr=1,gamma=0.99", "lr=2,gamma=0.9", "lr=2,gamma=0.99"]
+    np.testing.assert_allclose(hparams.lr, [1.0] * 6 + [2.0] * 6)
+    np.testing.assert_array_equal(keys[0], keys[3])  # seed 0 of configuration 0 and of configuration 1
+    assert json.dumps(grid.labels)  # labels are plain strings for summary.json
