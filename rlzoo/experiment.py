@@ -194,6 +194,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         "steps_per_s": steps_this_session / run_s,
         "num_seeds": num_seeds,
         "configs": grid.labels,
+        "resumed_from_update": updates_done,
         "devices": len(jax.local_devices()) if sharding is None else len(sharding.mesh.devices.flat),
     }
     _write_json(run_dir / SUMMARY_FILE, summary)

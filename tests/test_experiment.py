@@ -1,0 +1,125 @@
+"""Facts about the CLI and run-folder contract that every algorithm file keeps."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from rlzoo.algorithms import ppo
+from rlzoo.experiment import plan_chunks, run_cli
+
+TINY = ["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress"]
+
+
+def run_ppo(args):
+    return run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=args)
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "sweep"
+    summary = run_ppo([*TINY, "--run-dir", str(run_dir), "--num-seeds", "2", "--sweep", "lr=1e-3,3e-4"])
+    return run_dir, summary
+
+
+def test_run_folder_holds_config_metrics_summary_plot_and_checkpoints(sweep_run):
+    run_dir, summary = sweep_run
+    for name in ("config.json", "metrics.csv", "summary.json", "learning_curve.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())[-1] == 16
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algo"] == "ppo" and config["config"]["env_id"] == "CartPole-v1"
+    assert config["hparams"]["lr"] == pytest.approx(2.5e-4) and config["run"]["sweep"] == ["lr=1e-3,3e-4"]
+
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    for key in ("final_return", "env_steps", "compile_s", "run_s", "steps_per_s"):
+        assert key in saved
+    assert set(saved["final_return"]) == {"lr=0.001", "lr=0.0003"}
+    assert saved["env_steps"] == 8192 and saved["steps_per_s"] > 0 and saved["compile_s"] > 0
+
+
+def test_metrics_csv_has_one_row_per_update_configuration_and_seed(sweep_run):
+    run_dir, summary = sweep_run
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {"update", "env_steps", "config", "seed", "episode_return"} <= set(rows[0])
+    assert len(rows) == 16 * 2 * 2
+    last = [r for r in rows if r["update"] == "16"]
+    assert {int(r["env_steps"]) for r in last} == {8192}
+    for label, value in summary["final_return"].items():
+        returns = [float(r["episode_return"]) for r in last if r["config"] == label]
+        assert np.mean(returns) == pytest.approx(value, rel=1e-5)
+
+
+def test_resume_continues_from_the_last_checkpoint_and_reaches_the_same_parameters(sweep_run, tmp_path):
+    run_dir, _ = sweep_run
+    killed = tmp_path / "killed"
+    shutil.copytree(run_dir, killed)
+    # As if killed after the second of four chunks: later checkpoints never got written.
+    for step in ("12", "16"):
+        shutil.rmtree(killed / "checkpoints" / step)
+    (killed / "summary.json").unlink()
+    summary = run_ppo(["--resume", str(killed), "--no-progress"])
+    assert summary["resumed_from_update"] == 8  # it did not start over
+
+    restore = ocp.StandardCheckpointer()
+    original = restore.restore((run_dir / "checkpoints" / "16" / "default").absolute())
+    resumed = restore.restore((killed / "checkpoints" / "16" / "default").absolute())
+    for a, b in zip(jax_leaves(original), jax_leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with (killed / "metrics.csv").open() as f, (run_dir / "metrics.csv").open() as g:
+        assert f.read() == g.read()
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env-id", "CartPol-v1"], "did you mean 'CartPole-v1'"),
+    (["--lr", "0"], "lr=0.0 is not allowed: must lie in (0, inf)"),
+    (["--lr", "-3e-4"], "lr=-0.0003 is not allowed"),
+    (["--gamma", "1.5"], "gamma=1.5 is not allowed: must lie in [0, 1]"),
+    (["--total-timesteps", "0"], "total_timesteps=0 is not allowed: must be > 0"),
+    (["--num-minibatches", "3"], "num_minibatches=3 is not allowed: must divide num_envs * num_steps = 512"),
+    (["--sweep", "num_envs=4,8"], "sweep over 'num_envs' is not allowed: it is a static Config field"),
+    (["--sweep", "learning_rate=1,2"], "sweep over 'learning_rate' is not allowed: unknown field"),
+    (["--sweep", "lr=1e-3,-1"], "sweep configuration lr=-1: lr=-1.0 is not allowed"),
+    (["--sweep", "lr"], "sweep entry 'lr' is malformed"),
+    (["--num-seeds", "0"], "num_seeds=0 is not allowed: must be >= 1"),
+    (["--activation", "sigmoid"], "activation='sigmoid' is not allowed"),
+    (["--resume", "/nonexistent/run"], "no config.json there"),
+])
+def test_bad_input_is_a_clear_error_naming_the_field(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run_ppo([*TINY, "--run-dir", str(tmp_path / "run"), *args])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())  # tyro wraps long messages in a box
+    err = err.replace("│", "").replace("  ", " ")
+    assert message in " ".join(err.split()), err
+    assert "Traceback" not in err
+
+
+def test_a_run_folder_is_never_overwritten(sweep_run, capsys):
+    run_dir, _ = sweep_run
+    with pytest.raises(SystemExit):
+        run_ppo([*TINY, "--run-dir", str(run_dir)])
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("num_updates, target, expected", [
+    (976, 20, [61] * 16),  # PureJaxRL's CartPole: 976 = 16 x 61
+    (16, 4, [4] * 4),
+    (97, 10, [10] * 9 + [7]),  # a prime: one remainder chunk
+    (5, 20, [1] * 5),
+])
+def test_chunk_plan_covers_every_update_with_at_most_two_sizes(num_updates, target, expected):
+    chunks = plan_chunks(num_updates, target)
+    assert chunks == expected and sum(chunks) == num_updates and len(set(chunks)) <= 2
