@@ -23,7 +23,15 @@ critic). The train function is vmapped over ``--num-seeds`` PRNG keys and timed:
 * run_s: first call of the compiled executable, ``jax.block_until_ready``.
 * run_s_warm: a second call of the same executable (omitted with --one-run).
 
-Exactly one JSON line goes to stdout; all logging goes to stderr.
+final_return: PureJaxRL -- mean return of the training episodes logged in the
+last update (its LogWrapper); rejax -- it logs no training returns, so after
+timing, its own evaluation (128 episodes, sampled actions) of each seed's
+final policy. Both are averaged over seeds.
+
+Exactly one JSON line goes to stdout; all logging goes to stderr. With the
+default --xla-sched-workaround=auto, PureJaxRL runs with
+--xla_cpu_enable_concurrency_optimized_scheduler=false (without it a
+multi-seed run hangs on a 2-core CPU under jaxlib 0.10.2; see main()).
 """
 
 import argparse
@@ -36,19 +44,7 @@ import sys
 import time
 import types
 
-# jaxlib 0.10.2 on a 2-core CPU deadlocks when two batched (vmapped) LAPACK
-# custom calls -- e.g. the QR behind orthogonal initialisers, as in PureJaxRL's
-# actor and critic -- run concurrently: each blocks its intra-op pool thread
-# waiting for sub-tasks queued on that same, now-empty pool. Turning off XLA's
-# concurrency-optimised scheduler avoids the hang here. It is appended to
-# XLA_FLAGS unless the caller already set this flag; the flags in effect are
-# reported in the JSON line ("xla_flags").
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {_FLAG}=false").strip()
-
-import jax  # noqa: E402  (after XLA_FLAGS)
-import jax.numpy as jnp  # noqa: E402
+SCHED_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 
 # PureJaxRL's CartPole-v1 defaults (purejaxrl/ppo.py __main__).
 DEFAULTS = dict(
@@ -64,6 +60,8 @@ def log(*args):
 
 def build_rejax(total_timesteps):
     """Return (train(key) -> out, final_return(out, keys) -> float)."""
+    import jax
+    import jax.numpy as jnp
     import rejax
 
     c = DEFAULTS
@@ -161,6 +159,7 @@ def build_purejaxrl(total_timesteps, purejaxrl_dir):
     sys.path.insert(0, d)
     _stub_missing(["brax.envs.wrappers.training", "navix"])
     ppo = importlib.import_module("ppo")
+    import jax.numpy as jnp
 
     c = DEFAULTS
     config = {
@@ -200,7 +199,26 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--purejaxrl-dir", default=None)
     p.add_argument("--one-run", action="store_true", help="skip the warm second run")
+    p.add_argument("--xla-sched-workaround", choices=["auto", "on", "off"], default="auto",
+                   help="append %s=false to XLA_FLAGS (auto: PureJaxRL only)" % SCHED_FLAG)
     args = p.parse_args()
+
+    # jaxlib 0.10.2 on this 2-core CPU deadlocks when two vmapped LAPACK custom
+    # calls run at once -- here the batched QRs behind PureJaxRL's orthogonal
+    # actor and critic initialisers: each one blocks an intra-op pool thread
+    # waiting for chunks it queued on that same pool, so with both threads
+    # blocked nothing runs (1 seed is fine: the batch is not split). XLA's
+    # concurrency-optimised scheduler is what lets the two QRs overlap;
+    # turning it off avoids the hang. rejax uses no orthogonal init, never
+    # hits the hang, and runs ~10% faster at 16 seeds with the default
+    # scheduler, so "auto" applies the workaround to PureJaxRL only. Must be
+    # set before jax is imported; the flags in effect go into the JSON line.
+    if args.xla_sched_workaround == "on" or (
+        args.xla_sched_workaround == "auto" and args.peer == "purejaxrl"
+    ):
+        if SCHED_FLAG not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SCHED_FLAG}=false".strip()
+    import jax
 
     if args.peer == "rejax":
         train, final_return = build_rejax(args.total_timesteps)

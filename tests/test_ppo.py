@@ -126,3 +126,12 @@ def test_grid_members_are_configuration_major_with_shared_seeds():
     np.testing.assert_allclose(hparams.lr, [1.0] * 6 + [2.0] * 6)
     np.testing.assert_array_equal(keys[0], keys[3])  # seed 0 of configuration 0 and of configuration 1
     assert json.dumps(grid.labels)  # labels are plain strings for summary.json
+
+
+@pytest.mark.parametrize("env_id", ["Breakout-MinAtar", "brax/inverted_pendulum"])
+def test_ppo_runs_end_to_end_on_minatar_with_a_cnn_and_on_brax(env_id):
+    config = Config(env_id=env_id, total_timesteps=2 * 8 * 32, num_envs=8, num_steps=32)
+    _, metrics = jax.jit(make_train(config))(jax.random.PRNGKey(0), HParams())
+    assert metrics["env_steps"][-1] == 512
+    for name in ("policy_loss", "value_loss", "entropy"):
+        assert np.isfinite(np.asarray(metrics[name])).all(), name

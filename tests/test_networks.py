@@ -1,0 +1,52 @@
+"""Facts about the shared networks: output shapes, policy types and orthogonal initialisation."""
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlzoo.config import ConfigError
+from rlzoo.networks import ActorCritic, MinAtarCNN, MLP, make_torso
+
+
+def test_discrete_actor_critic_gives_a_categorical_policy_and_a_value_per_observation():
+    net = ActorCritic((4,), 2, discrete=True)
+    obs = jnp.ones((5, 4))
+    params = net.init(jax.random.PRNGKey(0), obs)
+    dist, value = net.apply(params, obs)
+    assert isinstance(dist, distrax.Categorical) and dist.logits.shape == (5, 2) and value.shape == (5,)
+    # The policy head starts near uniform (gain 0.01).
+    np.testing.assert_allclose(dist.probs, 0.5, atol=0.02)
+
+
+def test_continuous_actor_critic_has_a_state_independent_log_std():
+    net = ActorCritic((3,), 2, discrete=False)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
+    params = net.init(jax.random.PRNGKey(0), obs)
+    dist, value = net.apply(params, obs)
+    assert isinstance(dist, distrax.MultivariateNormalDiag) and dist.event_shape == (2,) and value.shape == (6,)
+    std = np.asarray(dist.stddev())
+    np.testing.assert_allclose(std, 1.0)  # log-std starts at 0, the same for every state
+    assert params["params"]["log_std"].shape == (2,)
+
+
+def test_minatar_observations_get_the_cnn_torso():
+    assert isinstance(make_torso((10, 10, 4), (64, 64), "tanh"), MinAtarCNN)
+    assert isinstance(make_torso((4,), (64, 64), "tanh"), MLP)
+    net = ActorCritic((10, 10, 4), 3, discrete=True)
+    obs = jnp.zeros((2, 10, 10, 4), dtype=jnp.bool_)
+    dist, value = net.apply(net.init(jax.random.PRNGKey(0), obs), obs)
+    assert dist.logits.shape == (2, 3) and value.shape == (2,)
+
+
+def test_hidden_layers_are_orthogonal_with_gain_sqrt2():
+    params = MLP((64, 64)).init(jax.random.PRNGKey(0), jnp.ones((1, 64)))
+    kernel = np.asarray(params["params"]["Dense_1"]["kernel"])
+    np.testing.assert_allclose(kernel.T @ kernel, 2.0 * np.eye(64), atol=1e-4)
+    assert not np.asarray(params["params"]["Dense_1"]["bias"]).any()
+
+
+def test_unknown_activation_is_a_clear_error():
+    with pytest.raises(ConfigError, match="activation='sigmoid'"):
+        make_torso((4,), (8,), "sigmoid")
