@@ -205,8 +205,9 @@ def make_train(config: Config) -> Trainer:
 
     def update_epoch(carry, key: jax.Array, batch: Batch):
         permutation = jax.random.permutation(key, batch_size)
-        minibatches = jax.tree.map(
-            lambda x: x[permutation].reshape(config.num_minibatches, minibatch_size, *x.shape[1:]), batch)
+        # jnp.take, not x[permutation]: on XLA CPU the latter's gather runs ~25% slower here.
+        minibatches = jax.tree.map(lambda x: jnp.take(x, permutation, axis=0).reshape(
+            config.num_minibatches, minibatch_size, *x.shape[1:]), batch)
         return jax.lax.scan(update_minibatch, carry, minibatches)
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:

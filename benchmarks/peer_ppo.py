@@ -28,10 +28,12 @@ last update (its LogWrapper); rejax -- it logs no training returns, so after
 timing, its own evaluation (128 episodes, sampled actions) of each seed's
 final policy. Both are averaged over seeds.
 
-Exactly one JSON line goes to stdout; all logging goes to stderr. With the
-default --xla-sched-workaround=auto, PureJaxRL runs with
---xla_cpu_enable_concurrency_optimized_scheduler=false (without it a
-multi-seed run hangs on a 2-core CPU under jaxlib 0.10.2; see main()).
+Exactly one JSON line goes to stdout; all logging goes to stderr. By default
+(--xla-sched-workaround=on) both peers run with
+--xla_cpu_enable_concurrency_optimized_scheduler=false, the flag rlzoo itself
+sets on import, so all three share one XLA configuration. PureJaxRL needs it
+(without it a multi-seed run hangs on a 2-core CPU under jaxlib 0.10.2; see
+main()); rejax does not, and "auto" leaves it off for rejax.
 """
 
 import argparse
@@ -199,8 +201,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--purejaxrl-dir", default=None)
     p.add_argument("--one-run", action="store_true", help="skip the warm second run")
-    p.add_argument("--xla-sched-workaround", choices=["auto", "on", "off"], default="auto",
-                   help="append %s=false to XLA_FLAGS (auto: PureJaxRL only)" % SCHED_FLAG)
+    p.add_argument("--xla-sched-workaround", choices=["on", "auto", "off"], default="on",
+                   help="append %s=false to XLA_FLAGS, as rlzoo does (auto: PureJaxRL only)"
+                   % SCHED_FLAG)
     args = p.parse_args()
 
     # jaxlib 0.10.2 on this 2-core CPU deadlocks when two vmapped LAPACK custom
@@ -209,10 +212,11 @@ def main():
     # waiting for chunks it queued on that same pool, so with both threads
     # blocked nothing runs (1 seed is fine: the batch is not split). XLA's
     # concurrency-optimised scheduler is what lets the two QRs overlap;
-    # turning it off avoids the hang. rejax uses no orthogonal init, never
-    # hits the hang, and runs ~10% faster at 16 seeds with the default
-    # scheduler, so "auto" applies the workaround to PureJaxRL only. Must be
-    # set before jax is imported; the flags in effect go into the JSON line.
+    # turning it off avoids the hang. rlzoo sets the same flag on import, so
+    # it is on by default here too. rejax uses no orthogonal init, never hits
+    # the hang, and runs ~10% faster at 16 seeds with the default scheduler;
+    # "auto" applies the workaround to PureJaxRL only. Must be set before jax
+    # is imported; the flags in effect go into the JSON line.
     if args.xla_sched_workaround == "on" or (
         args.xla_sched_workaround == "auto" and args.peer == "purejaxrl"
     ):
