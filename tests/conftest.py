@@ -5,6 +5,7 @@ and are shared by every test that checks the result."""
 import os
 from pathlib import Path
 
+import rlzoo  # noqa: F401  (sets the XLA CPU flag before JAX starts its backend)
 import jax
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".jax_cache"
