@@ -1,19 +1,31 @@
 """Orbax checkpoints of the whole training state, one per chunk of updates.
 
 The state is any pytree of arrays (params, optimiser state, RNG keys, env
-states, normaliser statistics, counters); the step number is the count of
-updates done. Saving goes through `CheckpointManager` with the `args=` API and
-is atomic (orbax writes to a temporary folder and renames it).
+states, normaliser statistics, replay buffers, counters); the step number is the
+count of updates done. Each checkpoint also stores, as JSON, what it was written
+under (algorithm, config, hyperparameters, sweep, seeds), so a checkpoint is
+never restored into a run it does not belong to. Saving goes through
+`CheckpointManager` with the `args=` API and is atomic: orbax writes to a
+temporary folder and renames it when complete, so a run killed mid-save leaves
+the previous checkpoints intact. A checkpoint that cannot be read (truncated or
+corrupted files) is moved aside to `corrupt-<step>` and the one before it is used.
 
 Not here: deciding when to save (see `rlzoo.experiment`).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+from rlzoo.config import ConfigError
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in a run folder could be restored."""
 
 
 def checkpoint_manager(directory: str | Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -21,13 +33,51 @@ def checkpoint_manager(directory: str | Path, max_to_keep: int = 3) -> ocp.Check
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    manager.save(step, args=ocp.args.StandardSave(state))
+def save(manager: ocp.CheckpointManager, step: int, state: Any, written_under: dict[str, Any]) -> None:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               written_under=ocp.args.JsonSave(written_under)))
 
 
-def restore_latest(manager: ocp.CheckpointManager, like: Any) -> tuple[int, Any]:
-    """Restores the newest checkpoint into the structure, shapes and shardings of `like`."""
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {manager.directory}")
-    return step, manager.restore(step, args=ocp.args.StandardRestore(like))
+def differing_fields(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ, e.g. `config.env_id: 'A' != 'B'`."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [d for key in sorted(set(saved) | set(current))
+                for d in differing_fields(saved.get(key), current.get(key), f"{prefix}{key}.")]
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        saved, current = list(saved), list(current)
+    return [] if saved == current else [f"{prefix.rstrip('.')}: checkpoint has {saved!r}, this run has {current!r}"]
+
+
+def restore_latest(manager: ocp.CheckpointManager, like: Any, written_under: dict[str, Any]) -> tuple[int, Any]:
+    """Restores the newest readable checkpoint into the structure, shapes and shardings of `like`.
+
+    Raises ConfigError naming the differing fields if the checkpoint was written
+    under another configuration, and CheckpointError if none can be read.
+    """
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved = manager.restore(step, args=ocp.args.Composite(written_under=ocp.args.JsonRestore()))
+            differences = differing_fields(saved.written_under, written_under)
+        except Exception as error:  # noqa: BLE001 - any unreadable metadata means a damaged checkpoint
+            _set_aside(manager, step, error)
+            continue
+        if differences:
+            raise ConfigError(f"checkpoint {step} in {manager.directory} was written under a different "
+                              f"configuration: {'; '.join(differences)}")
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))
+        except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise several types for bad files
+            _set_aside(manager, step, error)
+            continue
+        return step, restored.state
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}")
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
+    directory = Path(manager.directory)
+    target = directory / f"corrupt-{step}"
+    (directory / str(step)).rename(target)
+    manager.reload()
+    reason = str(error).splitlines()[0][:200]
+    print(f"error: checkpoint {step} cannot be read ({type(error).__name__}: {reason}); "
+          f"moved it to {target} and trying the one before it", file=sys.stderr)

@@ -79,6 +79,27 @@ def plan_chunks(num_updates: int, target_chunks: int) -> list[int]:
     return [ideal] * (num_updates // ideal) + ([num_updates % ideal] if num_updates % ideal else [])
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss or statistic became NaN or infinite inside the compiled program."""
+
+
+def check_finite(metrics: dict[str, np.ndarray], first_update: int, labels: list[str], num_seeds: int) -> None:
+    """Raises TrainingDiverged naming the first non-finite quantity, its update, configuration and seed.
+
+    `episode_*` metrics are exempt: they are NaN until an episode has finished.
+    """
+    for name, values in metrics.items():
+        if name.startswith("episode_"):
+            continue
+        bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
+        if bad.any():
+            member, update = (int(i[0]) for i in np.nonzero(bad))
+            raise TrainingDiverged(
+                f"{name} became {values[member, update]} at update {first_update + update + 1} "
+                f"(configuration {labels[member // num_seeds]}, seed {member % num_seeds}); the last good "
+                f"checkpoint is kept. Lower the learning rate or check the inputs.")
+
+
 def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
     safe_env = env_id.replace("/", "-")
     return Path("runs") / f"{safe_env}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
@@ -148,11 +169,14 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams).compile()
         compile_s += time.perf_counter() - compile_start
 
+    written_under = json.loads(json.dumps({
+        "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
+        "configs": grid.labels, "seed": options.seed, "num_seeds": num_seeds, "num_chunks": options.num_chunks}))
     manager = checkpoint.checkpoint_manager(run_dir / CHECKPOINT_DIR, options.keep_checkpoints)
     updates_done = 0
     metrics_csv = None
-    if options.resume and manager.latest_step() is not None:
-        updates_done, state = checkpoint.restore_latest(manager, state)
+    if options.resume and manager.all_steps():
+        updates_done, state = checkpoint.restore_latest(manager, state, written_under)
     bar = ProgressBar(trainer.num_updates * trainer.env_steps_per_update, f"{algo} {config.env_id}", options.progress)
     steps_this_session = 0
     last_metrics: dict[str, np.ndarray] = {}
@@ -170,7 +194,8 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                 metrics_csv = MetricsCSV(run_dir / METRICS_FILE, list(metrics), grid.labels, num_seeds)
                 metrics_csv.truncate_after(updates_done)
             metrics_csv.append(chunk_start - size, metrics)
-            checkpoint.save(manager, chunk_start, state)
+            check_finite(metrics, chunk_start - size, grid.labels, num_seeds)
+            checkpoint.save(manager, chunk_start, state, written_under)
             steps_this_session += size * trainer.env_steps_per_update * keys.shape[0]
             last_metrics = {k: v[:, -1] for k, v in metrics.items()}
             with np.errstate(all="ignore"):
@@ -231,12 +256,37 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
 
     parse.__annotations__ = {"config": config_cls, "hparams": hparams_cls, "run": RunOptions}
 
+    def cli(argv):
+        return tyro.cli(parse, args=argv, config=(tyro.conf.OmitArgPrefixes,),
+                        description=sys.modules[make_train.__module__].__doc__)
+
     try:
-        config, hparams, options = tyro.cli(parse, args=args, config=(tyro.conf.OmitArgPrefixes,),
-                                            description=sys.modules[make_train.__module__].__doc__)
+        config, hparams, options = cli(args)
         if options.resume:
+            given = (config, hparams, options)
+            defaults = cli(["--resume", options.resume])
             config, hparams, options = load_run_config(Path(options.resume), config_cls, hparams_cls)
+            options = dataclasses.replace(options, progress=given[2].progress)
+            check_resume_flags(given, defaults, (config, hparams, options))
         return run_experiment(algo, make_train, config, hparams, options)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (TrainingDiverged, checkpoint.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def check_resume_flags(given: tuple, defaults: tuple, saved: tuple) -> None:
+    """Refuses flags given beside --resume that contradict the run's saved configuration."""
+    conflicts = []
+    for given_part, default_part, saved_part in zip(given, defaults, saved):
+        for field in dataclasses.fields(given_part):
+            value = getattr(given_part, field.name)
+            if field.name in ("resume", "run_dir", "progress") or value == getattr(default_part, field.name):
+                continue  # not given on the command line
+            if value != getattr(saved_part, field.name):
+                conflicts.append(f"{field.name}={value!r} (the run has {getattr(saved_part, field.name)!r})")
+    if conflicts:
+        raise ConfigError(f"resume: these flags differ from the run's config.json: {', '.join(conflicts)}; "
+                          f"resume with the run's own settings, or start a new run")

@@ -68,8 +68,8 @@ def test_resume_continues_from_the_last_checkpoint_and_reaches_the_same_paramete
     assert summary["resumed_from_update"] == 8  # it did not start over
 
     restore = ocp.StandardCheckpointer()
-    original = restore.restore((run_dir / "checkpoints" / "16" / "default").absolute())
-    resumed = restore.restore((killed / "checkpoints" / "16" / "default").absolute())
+    original = restore.restore((run_dir / "checkpoints" / "16" / "state").absolute())
+    resumed = restore.restore((killed / "checkpoints" / "16" / "state").absolute())
     for a, b in zip(jax_leaves(original), jax_leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     with (killed / "metrics.csv").open() as f, (run_dir / "metrics.csv").open() as g:

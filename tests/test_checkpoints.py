@@ -1,0 +1,121 @@
+"""Facts about checkpoints and resume: a killed run continues bit for bit, damage and mismatches are refused."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from rlzoo.algorithms import ppo
+from rlzoo.experiment import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress", "--num-seeds", "2"]
+
+
+def run_ppo(args):
+    return run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=args)
+
+
+def final_params(run_dir: Path, step: int = 16):
+    state = ocp.StandardCheckpointer().restore((run_dir / "checkpoints" / str(step) / "state").absolute())
+    return jax.tree.leaves(state)
+
+
+def assert_same_leaves(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ckpt") / "uninterrupted"
+    run_ppo([*ARGS, "--run-dir", str(run_dir)])
+    return run_dir
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from rlzoo import checkpoint
+    from rlzoo.algorithms import ppo
+    from rlzoo.experiment import run_cli
+    kill_after, saves = int(sys.argv[1]), []
+    original_save = checkpoint.save
+    def save_then_maybe_die(*args, **kwargs):
+        original_save(*args, **kwargs)  # orbax saves asynchronously: the kill may land mid-write
+        saves.append(1)
+        if len(saves) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.save = save_then_maybe_die
+    run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=sys.argv[2:])
+""")
+
+
+def test_a_run_killed_at_a_random_chunk_resumes_to_the_same_parameters_bit_for_bit(uninterrupted, tmp_path):
+    kill_after = random.Random(os.getpid()).randint(1, 3)
+    killed = tmp_path / "killed"
+    process = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(kill_after), *ARGS, "--run-dir", str(killed)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert process.returncode == -9, process.stderr[-2000:]  # SIGKILL
+    assert not (killed / "summary.json").exists()
+
+    summary = run_ppo(["--resume", str(killed), "--no-progress"])
+    assert 0 <= summary["resumed_from_update"] <= 4 * kill_after
+    assert_same_leaves(final_params(killed), final_params(uninterrupted))
+    assert (killed / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+
+
+def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used(uninterrupted, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(uninterrupted), str(damaged)], check=True)
+    for file in (damaged / "checkpoints" / "16" / "state").rglob("*"):
+        if file.is_file() and file.parent.name == "d":
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # truncated
+    summary = run_ppo(["--resume", str(damaged), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "error: checkpoint 16 cannot be read" in err and "corrupt-16" in err
+    assert summary["resumed_from_update"] == 12
+    assert (damaged / "checkpoints" / "corrupt-16").is_dir()
+    assert_same_leaves(final_params(damaged), final_params(uninterrupted))
+
+
+def test_resume_refuses_flags_that_contradict_the_saved_run(uninterrupted, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_ppo(["--resume", str(uninterrupted), "--lr", "1e-3", "--num-envs", "8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lr=0.001 (the run has 0.00025)" in err and "num_envs=8 (the run has 4)" in err
+
+
+def test_a_checkpoint_written_under_another_config_is_refused_naming_the_fields(uninterrupted, tmp_path, capsys):
+    edited = tmp_path / "edited"
+    subprocess.run(["cp", "-r", str(uninterrupted), str(edited)], check=True)
+    config = json.loads((edited / "config.json").read_text())
+    config["hparams"]["gamma"] = 0.9
+    config["config"]["num_epochs"] = 2
+    (edited / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exit_info:
+        run_ppo(["--resume", str(edited), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "written under a different configuration" in err
+    assert "config.num_epochs: checkpoint has 4, this run has 2" in err and "hparams.gamma" in err
+
+
+def test_non_finite_losses_stop_the_run_naming_the_quantity_and_update(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_ppo(["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress", "--lr", "1e30",
+                 "--max-grad-norm", "1e30", "--run-dir", str(tmp_path / "nan")])
+    assert exit_info.value.code == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "became nan at update" in err or "became inf at update" in err
+    assert "(configuration default, seed 0)" in err and "Traceback" not in err
