@@ -235,7 +235,14 @@ def make_train(config: Config) -> Trainer:
         state = state._replace(params=params, opt_state=opt_state, key=key, update_index=update_index)
         return state, metrics
 
-    return Trainer(init, update, num_updates, batch_size)
+    def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
+        """The current policy on raw observations (normalised with the frozen training statistics)."""
+        if state.env_state.obs_stats is not None:
+            obs = state.env_state.obs_stats.normalize(obs)
+        dist = network.apply(state.params, obs, method=ActorCritic.policy)
+        return dist.mode() if greedy else dist.sample(seed=key)
+
+    return Trainer(init, update, num_updates, batch_size, act, vec_env.env)
 
 
 def main() -> None:

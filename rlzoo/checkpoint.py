@@ -33,9 +33,17 @@ def checkpoint_manager(directory: str | Path, max_to_keep: int = 3) -> ocp.Check
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, written_under: dict[str, Any]) -> None:
+def best_manager(directory: str | Path) -> ocp.CheckpointManager:
+    """Keeps the one checkpoint with the highest evaluation return."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_mode="max",
+                                           best_fn=lambda metrics: metrics["eval_return"])
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, written_under: dict[str, Any],
+         metrics: dict[str, float] | None = None) -> None:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               written_under=ocp.args.JsonSave(written_under)))
+                                               written_under=ocp.args.JsonSave(written_under)), metrics=metrics)
 
 
 def differing_fields(saved: Any, current: Any, prefix: str = "") -> list[str]:

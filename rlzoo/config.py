@@ -74,12 +74,17 @@ class Trainer:
     `(final_state, metrics)`, where each metric has a leading axis of updates.
     `init` and `update` are the pieces: `run(state, hparams, n)` scans `update`
     n times, so a long run can be split into chunks with the state saved between.
+    `act` and `eval_env` let the runner play evaluation episodes between chunks.
     """
 
     init: Callable[[jax.Array, Any], Any]
     update: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]
     num_updates: int
     env_steps_per_update: int
+    act: Callable[[Any, jax.Array, jax.Array, bool], jax.Array] | None = None
+    """act(state, key, raw_obs, greedy) -> action, for evaluation episodes (None: no evaluation)."""
+    eval_env: Any = None
+    """A single `rlzoo.env_adapter.Env` to evaluate on (a separate copy from the training envs)."""
 
     def run(self, state: Any, hparams: Any, num_updates: int) -> tuple[Any, dict[str, jax.Array]]:
         return jax.lax.scan(lambda s, _: self.update(s, hparams), state, None, length=num_updates)

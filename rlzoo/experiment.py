@@ -29,15 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import checkpoint
 from rlzoo.config import ConfigError, Trainer, check, check_hparams
+from rlzoo.evaluate import evaluate
 from rlzoo.logging import MetricsCSV, ProgressBar, plot_learning_curves, results_table
 from rlzoo.sweep import expand_members, make_grid, member_sharding, parse_sweep, seed_keys, shard_members, split_members
 
-CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, PLOT_FILE, CHECKPOINT_DIR = (
-    "config.json", "summary.json", "metrics.csv", "learning_curve.png", "checkpoints")
+CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, EVAL_FILE, PLOT_FILE, CHECKPOINT_DIR, BEST_DIR = (
+    "config.json", "summary.json", "metrics.csv", "eval.csv", "learning_curve.png", "checkpoints", "best")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +62,16 @@ class RunOptions:
     """Newest checkpoints kept."""
     progress: bool = True
     """Show a live progress bar."""
+    eval_episodes: int = 8
+    """Evaluation episodes per seed after each chunk, on separate envs (0: no evaluation)."""
+    eval_greedy: bool = True
+    """Evaluate the greedy policy (mode of the action distribution); else sample actions."""
 
     def __post_init__(self):
         check(self.num_seeds >= 1, "num_seeds", self.num_seeds, "must be >= 1")
         check(self.num_chunks >= 1, "num_chunks", self.num_chunks, "must be >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        check(self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, "must be >= 0")
 
 
 def plan_chunks(num_updates: int, target_chunks: int) -> list[int]:
@@ -173,6 +180,13 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
         "configs": grid.labels, "seed": options.seed, "num_seeds": num_seeds, "num_chunks": options.num_chunks}))
     manager = checkpoint.checkpoint_manager(run_dir / CHECKPOINT_DIR, options.keep_checkpoints)
+    evaluate_members, eval_csv = None, None
+    if trainer.act is not None and options.eval_episodes > 0:
+        compile_start = time.perf_counter()
+        evaluate_members = jax.jit(jax.vmap(make_member_evaluation(trainer, options))).lower(state, keys).compile()
+        compile_s += time.perf_counter() - compile_start
+        eval_csv = MetricsCSV(run_dir / EVAL_FILE, ["eval_return", "eval_length"], grid.labels, num_seeds)
+        best = checkpoint.best_manager(run_dir / CHECKPOINT_DIR / BEST_DIR)
     updates_done = 0
     metrics_csv = None
     if options.resume and manager.all_steps():
@@ -192,10 +206,21 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
             run_s += time.perf_counter() - tick
             if metrics_csv is None:
                 metrics_csv = MetricsCSV(run_dir / METRICS_FILE, list(metrics), grid.labels, num_seeds)
-                metrics_csv.truncate_after(updates_done)
+                for csv_file in (metrics_csv, eval_csv):
+                    if csv_file is not None:
+                        csv_file.truncate_after(updates_done)
             metrics_csv.append(chunk_start - size, metrics)
             check_finite(metrics, chunk_start - size, grid.labels, num_seeds)
             checkpoint.save(manager, chunk_start, state, written_under)
+            if evaluate_members is not None:
+                eval_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(options.seed), chunk_start),
+                                             keys.shape[0])
+                eval_metrics = jax.device_get(evaluate_members(state, shard_members(eval_keys, sharding)))
+                eval_metrics["env_steps"] = metrics["env_steps"][:, -1:]
+                eval_csv.append(chunk_start - 1, eval_metrics)
+                last_eval = eval_metrics["eval_return"][:, -1]
+                checkpoint.save(best, chunk_start, state, written_under,
+                                metrics={"eval_return": float(np.mean(last_eval))})
             steps_this_session += size * trainer.env_steps_per_update * keys.shape[0]
             last_metrics = {k: v[:, -1] for k, v in metrics.items()}
             with np.errstate(all="ignore"):
@@ -204,6 +229,8 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     finally:
         bar.close()
         manager.wait_until_finished()
+        if evaluate_members is not None:
+            best.wait_until_finished()
 
     if not last_metrics:  # resumed a run that had already finished
         raise ConfigError(f"resume={str(run_dir)!r}: the run is already complete ({updates_done} updates)")
@@ -212,6 +239,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         per_config = [float(np.nanmean(v)) for v in final]
     summary = {
         "final_return": per_config[0] if num_configs == 1 else dict(zip(grid.labels, per_config)),
+        "final_eval_return": None if evaluate_members is None else _per_config_mean(last_eval, grid.labels),
         "final_return_per_seed": {label: v.tolist() for label, v in zip(grid.labels, final)},
         "env_steps": int(trainer.num_updates * trainer.env_steps_per_update),
         "compile_s": compile_s,
@@ -229,6 +257,24 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                   f"{summary['steps_per_s']:,.0f} steps/s")
     print(f"run folder: {run_dir}")
     return summary
+
+
+def make_member_evaluation(trainer: Trainer, options: RunOptions) -> Callable:
+    """(state, key) -> mean return and length of `eval_episodes` episodes of one member's policy."""
+    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
+
+    def evaluate_member(state: Any, key: jax.Array) -> dict[str, jax.Array]:
+        policy = lambda k, obs: trainer.act(state, k, obs, options.eval_greedy)  # noqa: E731
+        result = evaluate(policy, trainer.eval_env, key, options.eval_episodes, max_steps)
+        return {"eval_return": result.episode_return.mean()[None],
+                "eval_length": result.episode_length.mean(dtype=jnp.float32)[None]}
+
+    return evaluate_member
+
+
+def _per_config_mean(values: np.ndarray, labels: list[str]) -> float | dict[str, float]:
+    means = [float(v.mean()) for v in split_members(np.asarray(values, np.float64), len(labels))]
+    return means[0] if len(labels) == 1 else dict(zip(labels, means))
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

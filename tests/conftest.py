@@ -12,3 +12,24 @@ CACHE_DIR = Path(__file__).resolve().parent.parent / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE_DIR))  # for subprocesses
+
+
+import pytest  # noqa: E402
+
+TINY = ["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress"]
+
+
+def run_ppo(args):
+    """PPO's command line, in-process."""
+    from rlzoo.algorithms import ppo
+    from rlzoo.experiment import run_cli
+
+    return run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=args)
+
+
+@pytest.fixture(scope="session")
+def sweep_run(tmp_path_factory):
+    """One tiny PPO CLI run (2 lrs x 2 seeds, 16 updates in 4 chunks), shared by the run-folder tests."""
+    run_dir = tmp_path_factory.mktemp("runs") / "sweep"
+    summary = run_ppo([*TINY, "--run-dir", str(run_dir), "--num-seeds", "2", "--sweep", "lr=1e-3,3e-4"])
+    return run_dir, summary

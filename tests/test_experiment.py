@@ -8,21 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rlzoo.algorithms import ppo
-from rlzoo.experiment import plan_chunks, run_cli
-
-TINY = ["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress"]
-
-
-def run_ppo(args):
-    return run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=args)
-
-
-@pytest.fixture(scope="module")
-def sweep_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "sweep"
-    summary = run_ppo([*TINY, "--run-dir", str(run_dir), "--num-seeds", "2", "--sweep", "lr=1e-3,3e-4"])
-    return run_dir, summary
+from rlzoo.experiment import plan_chunks
+from tests.conftest import TINY, run_ppo
 
 
 def test_run_folder_holds_config_metrics_summary_plot_and_checkpoints(sweep_run):
