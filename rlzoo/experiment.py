@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +135,39 @@ def load_run_config(run_dir: Path, config_cls: type, hparams_cls: type) -> tuple
     return config, hparams, RunOptions(**{**run, "run_dir": str(run_dir), "resume": str(run_dir)})
 
 
+def describe_run(algo: str, config: Any, hparams: Any, labels: list[str], options: RunOptions) -> dict[str, Any]:
+    """What a checkpoint is written under, as JSON values; resuming or loading requires equality."""
+    return json.loads(json.dumps({
+        "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
+        "configs": labels, "seed": options.seed, "num_seeds": options.num_seeds, "num_chunks": options.num_chunks}))
+
+
+class LoadedRun(NamedTuple):
+    config: Any
+    hparams: Any  # the base HParams (a sweep's members are in `labels`)
+    labels: list[str]
+    trainer: Trainer
+    state: Any  # the whole training state, leading member axis [configurations * seeds]
+    update: int  # updates done at this checkpoint
+
+
+def load_run(run_dir: str | Path, make_train: Callable[[Any], Trainer], config_cls: type, hparams_cls: type,
+             best: bool = False) -> LoadedRun:
+    """Loads a run folder's newest (or, with `best`, its best-evaluated) checkpoint."""
+    config, hparams, options = load_run_config(Path(run_dir), config_cls, hparams_cls)
+    grid = make_grid(hparams, parse_sweep(options.sweep, hparams_cls, config_cls))
+    trainer = make_train(config)
+    keys, member_hparams = expand_members(seed_keys(options.seed, options.num_seeds), grid.hparams)
+    like = jax.eval_shape(jax.vmap(trainer.init), keys, member_hparams)
+    like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like)
+    directory = Path(run_dir) / CHECKPOINT_DIR / (BEST_DIR if best else "")
+    manager = checkpoint.best_manager(directory) if best else checkpoint.checkpoint_manager(directory)
+    algo = json.loads((Path(run_dir) / CONFIG_FILE).read_text())["algo"]
+    written_under = describe_run(algo, config, hparams, grid.labels, options)
+    update, state = checkpoint.restore_latest(manager, like, written_under)
+    return LoadedRun(config, hparams, grid.labels, trainer, state, update)
+
+
 def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any, hparams: Any,
                    options: RunOptions) -> dict[str, Any]:
     """Trains every configuration x seed and writes the run folder; returns the summary."""
@@ -176,9 +209,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams).compile()
         compile_s += time.perf_counter() - compile_start
 
-    written_under = json.loads(json.dumps({
-        "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
-        "configs": grid.labels, "seed": options.seed, "num_seeds": num_seeds, "num_chunks": options.num_chunks}))
+    written_under = describe_run(algo, config, hparams, grid.labels, options)
     manager = checkpoint.checkpoint_manager(run_dir / CHECKPOINT_DIR, options.keep_checkpoints)
     evaluate_members, eval_csv = None, None
     if trainer.act is not None and options.eval_episodes > 0:
@@ -248,6 +279,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         "num_seeds": num_seeds,
         "configs": grid.labels,
         "resumed_from_update": updates_done,
+        "run_dir": str(run_dir),
         "devices": len(jax.local_devices()) if sharding is None else len(sharding.mesh.devices.flat),
     }
     _write_json(run_dir / SUMMARY_FILE, summary)
