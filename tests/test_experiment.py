@@ -83,6 +83,8 @@ def jax_leaves(tree):
     (["--num-seeds", "0"], "num_seeds=0 is not allowed: must be >= 1"),
     (["--activation", "sigmoid"], "activation='sigmoid' is not allowed"),
     (["--resume", "/nonexistent/run"], "no config.json there"),
+    (["--eval-episodes", "-1"], "eval_episodes=-1 is not allowed: must be >= 0"),
+    (["--num-chunks", "0"], "num_chunks=0 is not allowed: must be >= 1"),
 ])
 def test_bad_input_is_a_clear_error_naming_the_field(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
