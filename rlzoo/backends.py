@@ -100,8 +100,8 @@ class TensorBoardSink(MetricSink):
     def __init__(self, log_dir: Path, labels: Sequence[str], num_seeds: int, config: Mapping[str, Any],
                  purge_step: int | None = None):
         tbx = _require("tensorboard")
-        from tensorboardX.proto.summary_pb2 import Summary  # noqa: PLC0415  (optional dependency)
-        from tensorboardX.summary import hparams  # noqa: PLC0415
+        from tensorboardX.proto.summary_pb2 import Summary  # optional dependency: imported only here
+        from tensorboardX.summary import hparams
 
         self._summary_cls = Summary
         self.log_dir = Path(log_dir)
@@ -170,7 +170,7 @@ class WandbSink(MetricSink):
                                   mode=mode or os.environ.get("WANDB_MODE"), reinit="create_new",
                                   dir=None if root_dir is None else str(root_dir))
         except wandb.errors.Error as error:
-            raise ConfigError(f"--log=wandb: wandb.init failed ({error}). Run `wandb login`, or set "
+            raise ConfigError(f"--log=wandb: wandb.init failed: {error} Log in with `wandb login`, or set "
                               f"WANDB_MODE=offline to log locally and `wandb sync` the run later") from error
         self._last_step = -1
 
@@ -196,34 +196,35 @@ class WandbSink(MetricSink):
 
 
 def make_sinks(names: Sequence[str], run_dir: Path, run_name: str, labels: Sequence[str], num_seeds: int,
-               config: Mapping[str, Any], wandb_project: str = "rlzoo",
+               config: Mapping[str, Any], wandb_project: str = "rlzoo", wandb_mode: str | None = None,
                purge_step: int | None = None) -> list[MetricSink]:
     """The sinks `--log` asks for: TensorBoard under `run_dir/"tensorboard"`, wandb under `run_dir/"wandb"`.
 
     `names` holds "tensorboard" and/or "wandb" (comma-separated entries are split; repeats
-    are ignored). Every name and package is checked before any sink is made, so a bad
-    `--log` leaves nothing behind. `purge_step` is passed to `TensorBoardSink` on resume.
+    are ignored); the sinks come back in that order. Every name and package is checked
+    before any sink is made, so a bad `--log` leaves nothing behind. `wandb_mode` (else
+    `$WANDB_MODE`) goes to `WandbSink`, `purge_step` (for a resumed run) to `TensorBoardSink`.
     """
-    requested = [n.strip() for n in ([names] if isinstance(names, str) else names) for n in n.split(",")]
-    requested = list(dict.fromkeys(n for n in requested if n))
+    entries = [names] if isinstance(names, str) else list(names)
+    requested = list(dict.fromkeys(part.strip() for entry in entries for part in entry.split(",") if part.strip()))
     for name in requested:
         if name not in BACKENDS:
             raise ConfigError(f"--log={name!r} is not allowed: choose from {', '.join(BACKENDS)}")
     for name in requested:
         _require(name)
     run_dir = Path(run_dir)
-    sinks: list[MetricSink] = []
-    try:
-        for name in requested:
-            if name == "tensorboard":
-                sinks.append(TensorBoardSink(run_dir / "tensorboard", labels, num_seeds, config, purge_step))
-            else:  # wandb.init(dir=D) writes into D/"wandb"
-                sinks.append(WandbSink(wandb_project, run_name, labels, num_seeds, config, root_dir=run_dir))
+    made: dict[str, MetricSink] = {}
+    try:  # wandb first: it is the one that can still fail (no login), and TensorBoard then leaves no folder
+        if "wandb" in requested:  # wandb.init(dir=D) writes into D/"wandb"
+            made["wandb"] = WandbSink(wandb_project, run_name, labels, num_seeds, config, mode=wandb_mode,
+                                      root_dir=run_dir)
+        if "tensorboard" in requested:
+            made["tensorboard"] = TensorBoardSink(run_dir / "tensorboard", labels, num_seeds, config, purge_step)
     except BaseException:
-        for sink in sinks:
+        for sink in made.values():
             sink.close()
         raise
-    return sinks
+    return [made[name] for name in requested]
 
 
 def _require(backend: str) -> ModuleType:

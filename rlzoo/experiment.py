@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import checkpoint
+from rlzoo.backends import make_sinks, run_name
 from rlzoo.config import ConfigError, Trainer, check, check_hparams
 from rlzoo.evaluate import evaluate
 from rlzoo.logging import MetricsCSV, ProgressBar, plot_learning_curves, results_table
@@ -66,6 +67,10 @@ class RunOptions:
     """Evaluation episodes per seed after each chunk, on separate envs (0: no evaluation)."""
     eval_greedy: bool = True
     """Evaluate the greedy policy (mode of the action distribution); else sample actions."""
+    log: tuple[str, ...] = ()
+    """Extra logging backends beside metrics.csv: tensorboard, wandb (CleanRL-style run names)."""
+    wandb_project: str = "rlzoo"
+    """Weights & Biases project, with --log wandb (WANDB_MODE=offline works without an account)."""
 
     def __post_init__(self):
         check(self.num_seeds >= 1, "num_seeds", self.num_seeds, "must be >= 1")
@@ -222,6 +227,9 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     metrics_csv = None
     if options.resume and manager.all_steps():
         updates_done, state = checkpoint.restore_latest(manager, state, written_under)
+    sinks = make_sinks(options.log, run_dir, run_name(config.env_id, algo, options.seed), grid.labels, num_seeds,
+                       describe_run(algo, config, hparams, grid.labels, options), wandb_project=options.wandb_project,
+                       purge_step=updates_done * trainer.env_steps_per_update + 1 if updates_done else None)
     bar = ProgressBar(trainer.num_updates * trainer.env_steps_per_update, f"{algo} {config.env_id}", options.progress)
     steps_this_session = 0
     last_metrics: dict[str, np.ndarray] = {}
@@ -241,6 +249,8 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                     if csv_file is not None:
                         csv_file.truncate_after(updates_done)
             metrics_csv.append(chunk_start - size, metrics)
+            for sink in sinks:
+                sink.write_chunk(chunk_start - size, metrics)
             check_finite(metrics, chunk_start - size, grid.labels, num_seeds)
             checkpoint.save(manager, chunk_start, state, written_under)
             if evaluate_members is not None:
@@ -259,6 +269,8 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                            float(np.nanmean(last_metrics["episode_return"])))
     finally:
         bar.close()
+        for sink in sinks:
+            sink.close()
         manager.wait_until_finished()
         if evaluate_members is not None:
             best.wait_until_finished()

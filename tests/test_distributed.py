@@ -81,7 +81,7 @@ def _run_two_processes(tmp_path: Path, mode: str) -> list:
                 [sys.executable, "-c", PROCESS_SCRIPT, str(port), str(pid), str(tmp_path / f"{mode}{pid}.npz"), mode],
                 env=_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + TIMEOUT_S
-        while any(p.poll() is None for p in procs):
+        while None in [p.poll() for p in procs]:  # a list, so that every process is polled
             failed = [pid for pid, p in enumerate(procs) if p.returncode not in (None, 0)]
             if failed or time.monotonic() > deadline:
                 reason = f"process {failed[0]} failed" if failed else f"timed out after {TIMEOUT_S} s"

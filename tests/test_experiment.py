@@ -112,3 +112,11 @@ def test_a_run_folder_is_never_overwritten(sweep_run, capsys):
 def test_chunk_plan_covers_every_update_with_at_most_two_sizes(num_updates, target, expected):
     chunks = plan_chunks(num_updates, target)
     assert chunks == expected and sum(chunks) == num_updates and len(set(chunks)) <= 2
+
+
+def test_tensorboard_logging_is_written_into_the_run_folder_when_asked_for(tmp_path):
+    pytest.importorskip("tensorboardX")
+    run_ppo([*TINY, "--run-dir", str(tmp_path / "tb"), "--log", "tensorboard", "--eval-episodes", "0"])
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    assert not (tmp_path / "tb" / "eval.csv").exists()  # evaluation was switched off
