@@ -97,3 +97,31 @@ class ActorCritic(nn.Module):
 
     def __call__(self, obs: jnp.ndarray) -> tuple[distrax.Distribution, jnp.ndarray]:
         return self.policy(obs), self.value(obs)
+
+
+class QNetwork(nn.Module):
+    """Action values: [..., num_actions] (num_atoms == 1) or logits [..., num_actions, num_atoms].
+
+    With `dueling`, Q = V + A - mean_a A (Wang et al., 2016, eq. 9), applied to
+    logits for distributional heads as in Rainbow (Hessel et al., 2018).
+    """
+
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    num_atoms: int = 1
+    dueling: bool = False
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jnp.ndarray) -> jnp.ndarray:
+        features = make_torso(self.obs_shape, self.hidden_sizes, self.activation)(obs)
+        shape = (self.num_actions, self.num_atoms) if self.num_atoms > 1 else (self.num_actions,)
+        advantage = orthogonal_dense(int(np.prod(shape)), gain=1.0)(features).reshape(*features.shape[:-1], *shape)
+        if not self.dueling:
+            return advantage
+        value_shape = (1, self.num_atoms) if self.num_atoms > 1 else (1,)
+        value = orthogonal_dense(int(np.prod(value_shape)), gain=1.0)(features).reshape(
+            *features.shape[:-1], *value_shape)
+        action_axis = -2 if self.num_atoms > 1 else -1
+        return value + advantage - advantage.mean(axis=action_axis, keepdims=True)

@@ -27,6 +27,14 @@ def run_ppo(args):
     return run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=args)
 
 
+def run_dqn(args):
+    """DQN's command line, in-process."""
+    from rlzoo.algorithms import dqn
+    from rlzoo.experiment import run_cli
+
+    return run_cli("dqn", dqn.Config, dqn.HParams, dqn.make_train, args=args)
+
+
 @pytest.fixture(scope="session")
 def sweep_run(tmp_path_factory):
     """One tiny PPO CLI run (2 lrs x 2 seeds, 16 updates in 4 chunks), shared by the run-folder tests."""
