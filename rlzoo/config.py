@@ -64,6 +64,9 @@ def check_hparams(hparams: Any, label: str = "") -> None:
         if field.name in bounds and not isinstance(value, jax.core.Tracer):
             allowed = bounds[field.name]
             check(float(value) in allowed, f"{label}{field.name}", value, f"must lie in {allowed}")
+    relations = getattr(hparams, "check_relations", None)  # checks between fields, e.g. T a multiple of D
+    if relations is not None and not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(hparams)):
+        relations(label)
 
 
 @dataclasses.dataclass(frozen=True)
