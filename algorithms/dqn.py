@@ -203,6 +203,14 @@ def epsilon(hp: HParams, update_index: jax.Array, num_updates: int) -> jax.Array
     return hp.eps_start + (hp.eps_end - hp.eps_start) * jnp.clip(progress, 0.0, 1.0)
 
 
+def epsilon_greedy(key: jax.Array, q_values: jax.Array, eps, num_actions: int) -> jax.Array:
+    """argmax_a Q(s, a) with probability 1 - eps, else a uniformly random action."""
+    greedy_action = jnp.argmax(q_values, axis=-1)
+    explore_key, action_key = jax.random.split(key)
+    random_action = jax.random.randint(action_key, greedy_action.shape, 0, num_actions)
+    return jnp.where(jax.random.uniform(explore_key, greedy_action.shape) < eps, random_action, greedy_action)
+
+
 def polyak(target, online, tau):
     return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
 
@@ -229,12 +237,9 @@ def make_train(config: Config) -> Trainer:
 
     def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool, eps=0.0) -> jax.Array:
         """Epsilon-greedy on Q(obs, .); greedy when evaluating."""
-        greedy_action = jnp.argmax(to_q(network.apply(state.params, obs)), axis=-1)
-        if greedy:
-            return greedy_action
-        explore_key, action_key = jax.random.split(key)
-        random_action = jax.random.randint(action_key, greedy_action.shape, 0, vec_env.spec.num_actions)
-        return jnp.where(jax.random.uniform(explore_key, greedy_action.shape) < eps, random_action, greedy_action)
+        q_values = to_q(network.apply(state.params, obs))
+        return jnp.argmax(q_values, axis=-1) if greedy else epsilon_greedy(key, q_values, eps,
+                                                                            vec_env.spec.num_actions)
 
     def env_step(carry, key: jax.Array):
         state, eps = carry

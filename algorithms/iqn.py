@@ -107,13 +107,9 @@ def make_train(config: Config) -> Trainer:
         else:
             key, head_key = jax.random.split(key)
             head = jax.random.randint(head_key, (), 0, num_heads)
-        q = network.apply(jax.tree.map(lambda x: x[head], state.params), obs)
-        greedy_action = jnp.argmax(q, axis=-1)
-        if greedy:
-            return greedy_action
-        explore_key, action_key = jax.random.split(key)
-        random_action = jax.random.randint(action_key, greedy_action.shape, 0, vec_env.spec.num_actions)
-        return jnp.where(jax.random.uniform(explore_key, greedy_action.shape) < eps, random_action, greedy_action)
+        q_values = network.apply(jax.tree.map(lambda x: x[head], state.params), obs)
+        return jnp.argmax(q_values, axis=-1) if greedy else dqn.epsilon_greedy(key, q_values, eps,
+                                                                                vec_env.spec.num_actions)
 
     def env_step(carry, key):
         state, eps = carry
