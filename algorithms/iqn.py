@@ -17,18 +17,22 @@ weights. Acting is epsilon-greedy on one online network drawn uniformly per step
 With K = 1 this is DQN with a hard target update every T updates (tested: equal
 parameters from the same seed).
 
-This file implements the separate-networks variant: the K networks are one
-parameter tree stacked on a leading axis and evaluated with `vmap`. All start
-from the same initial parameters as DQN's network (our choice, so K = 1 is
-exactly DQN). Adam's moments stay with their slot when the window rolls.
+Two variants, as in the official code: separate networks (default), one
+parameter tree stacked on a leading axis of K and evaluated with `vmap`, all
+starting from DQN's initial parameters (our choice, so K = 1 is exactly DQN);
+and `--shared-torso`, one torso with K + 1 linear heads where head 0 holds
+Q_bar_0, the targets are a full copy of the network refreshed every D updates,
+and rolling shifts the heads. Adam's moments stay with their slot when the
+window rolls.
 Acting, replay, exploration and the value head come from `dqn.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -38,6 +42,7 @@ from rlzoo import replay
 from rlzoo.algorithms import dqn
 from rlzoo.config import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.env_adapter import mean_last_episode_length, mean_last_episode_return
+from rlzoo.networks import QNetwork, make_torso, orthogonal_dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Config(dqn.Config):
 
     num_heads: int = 3
     """K: Bellman iterations learned at once (K = 1 is DQN)."""
+    shared_torso: bool = False
+    """One torso with K + 1 heads (head 0 holds Q_bar_0) instead of K separate networks."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,11 +76,75 @@ class HParams(dqn.HParams):
               f"T must be a multiple of target_period D={self.target_period}")
 
 
-def iterated_loss(config: Config, network, params, target_params, sample: replay.NStepSample):
+class MultiHeadQNetwork(nn.Module):
+    """A shared torso and `num_heads` linear heads: Q-values [..., num_heads, num_actions]."""
+
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    num_heads: int
+    hidden_sizes: tuple[int, ...] = (120, 84)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        features = make_torso(self.obs_shape, self.hidden_sizes, self.activation)(obs)
+        out = orthogonal_dense(self.num_heads * self.num_actions, gain=1.0, name="heads")(features)
+        return out.reshape(*features.shape[:-1], self.num_heads, self.num_actions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Iterations:
+    """How the K online networks Q_1..Q_K and targets Q_bar_0..Q_bar_{K-1} are stored, read and moved."""
+
+    online_q: Any  # (params, obs) -> [K, B, A], Q_1..Q_K
+    target_q: Any  # (target_params, obs) -> [K, B, A], Q_bar_0..Q_bar_{K-1}
+    head_q: Any  # (params, obs, k) -> [B, A], Q_{k+1}
+    follow: Any  # (target_params, params) -> target_params after Q_bar_k <- Q_k, k >= 1
+    roll: Any  # (target_params, params) -> (target_params, params) after the window rolls
+
+
+def shift(x: jax.Array, axis: int = 0) -> jax.Array:
+    """Q_k <- Q_{k+1} along `axis`; the last keeps its weights."""
+    x = jnp.moveaxis(x, axis, 0)
+    return jnp.moveaxis(jnp.concatenate([x[1:], x[-1:]]), 0, axis)
+
+
+def separate_networks(network: QNetwork) -> Iterations:
+    """K networks stacked on a leading axis; targets likewise."""
+    apply_all = lambda params, obs: jax.vmap(lambda p: network.apply(p, obs))(params)  # noqa: E731
+    return Iterations(
+        online_q=apply_all, target_q=apply_all,
+        head_q=lambda params, obs, k: network.apply(jax.tree.map(lambda x: x[k], params), obs),
+        follow=lambda target, params: jax.tree.map(lambda t, p: t.at[1:].set(p[:-1]), target, params),
+        roll=lambda target, params: (jax.tree.map(lambda t, p: t.at[0].set(p[0]), target, params),
+                                     jax.tree.map(shift, params)))
+
+
+def shared_torso(network: MultiHeadQNetwork) -> Iterations:
+    """One network with heads 0..K: online reads heads 1..K, targets read a full copy's heads 0..K-1."""
+    num_actions = network.num_actions
+
+    def roll(target, params):
+        def shift_heads(path, x):
+            if any(getattr(k, "key", None) == "heads" for k in path):
+                heads = x.reshape(*x.shape[:-1], network.num_heads, num_actions)
+                return shift(heads, axis=-2).reshape(x.shape)
+            return x
+        return target, jax.tree_util.tree_map_with_path(shift_heads, params)
+
+    return Iterations(
+        online_q=lambda params, obs: jnp.moveaxis(network.apply(params, obs)[..., 1:, :], -2, 0),
+        target_q=lambda params, obs: jnp.moveaxis(network.apply(params, obs)[..., :-1, :], -2, 0),
+        head_q=lambda params, obs, k: network.apply(params, obs)[..., k + 1, :],
+        follow=lambda target, params: params,
+        roll=roll)
+
+
+def iterated_loss(config: Config, iterations: Iterations, params, target_params, sample: replay.NStepSample):
     """Sum over k of the TD loss of online network k against frozen network k-1 (eq. 3)."""
     first, next_obs = sample.first, sample.last.next_obs
-    q = jax.vmap(lambda p: network.apply(p, first.obs))(params)  # [K, B, A]
-    next_q_bar = jax.vmap(lambda p: network.apply(p, next_obs))(target_params)  # [K, B, A]
+    q = iterations.online_q(params, first.obs)  # [K, B, A]
+    next_q_bar = iterations.target_q(target_params, next_obs)  # [K, B, A]
     targets = jax.lax.stop_gradient(sample.returns + sample.discount * next_q_bar.max(axis=-1))  # [K, B]
     taken = jnp.take_along_axis(q, first.action[None, :, None], axis=-1).squeeze(-1)  # [K, B]
     errors = 0.5 * jnp.square(taken - targets) if config.loss == "mse" else optax.huber_loss(taken, targets)
@@ -83,6 +154,10 @@ def iterated_loss(config: Config, network, params, target_params, sample: replay
 def make_train(config: Config) -> Trainer:
     vec_env, network = dqn.make_env_and_network(config)
     num_heads, num_updates = config.num_heads, config.num_updates
+    if config.shared_torso:
+        network = MultiHeadQNetwork(vec_env.spec.obs_shape, vec_env.spec.num_actions, num_heads + 1,
+                                    config.hidden_sizes, config.activation)
+    iterations = shared_torso(network) if config.shared_torso else separate_networks(network)
     capacity = config.buffer_size // config.num_envs
     learning_starts_updates = config.learning_starts // config.steps_per_update
     stack = lambda tree: jax.tree.map(lambda x: jnp.repeat(x[None], num_heads, axis=0), tree)  # noqa: E731
@@ -93,7 +168,7 @@ def make_train(config: Config) -> Trainer:
     def init(key: jax.Array, hp: HParams) -> dqn.TrainState:
         key, net_key, env_key = jax.random.split(key, 3)
         env_state, obs = vec_env.reset(env_key)
-        params = stack(network.init(net_key, obs))
+        params = network.init(net_key, obs) if config.shared_torso else stack(network.init(net_key, obs))
         example = dqn.Transition(obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), bool),
                                  jnp.zeros((), bool), obs[0])
         buffer = replay.init(example, capacity, config.num_envs)
@@ -107,7 +182,7 @@ def make_train(config: Config) -> Trainer:
         else:
             key, head_key = jax.random.split(key)
             head = jax.random.randint(head_key, (), 0, num_heads)
-        q_values = network.apply(jax.tree.map(lambda x: x[head], state.params), obs)
+        q_values = iterations.head_q(state.params, obs, head)
         return jnp.argmax(q_values, axis=-1) if greedy else dqn.epsilon_greedy(key, q_values, eps,
                                                                                 vec_env.spec.num_actions)
 
@@ -126,7 +201,7 @@ def make_train(config: Config) -> Trainer:
 
         sample = replay.sample_n_step(state.buffer, learn_key, config.batch_size, config.n_step, hp.gamma)
         (loss, q_mean), grads = jax.value_and_grad(
-            lambda p: iterated_loss(config, network, p, state.target_params, sample), has_aux=True)(state.params)
+            lambda p: iterated_loss(config, iterations, p, state.target_params, sample), has_aux=True)(state.params)
         updates, opt_state = make_optimizer(hp).update(grads, state.opt_state, state.params)
         learning = state.update_index >= learning_starts_updates
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(learning, n, o), new, old)  # noqa: E731
@@ -136,12 +211,11 @@ def make_train(config: Config) -> Trainer:
         update_index = state.update_index + 1
         roll = learning & (update_index % jnp.asarray(hp.roll_period).astype(jnp.int32) == 0)
         follow = learning & (update_index % jnp.asarray(hp.target_period).astype(jnp.int32) == 0)
-        shift = lambda x: jnp.concatenate([x[1:], x[-1:]])  # noqa: E731  Q_k <- Q_{k+1}, the last keeps its weights
-        rolled_targets = jax.tree.map(lambda t, p: t.at[0].set(p[0]), state.target_params, params)  # Q_bar_0 <- Q_1
-        params = jax.tree.map(lambda p: jnp.where(roll, shift(p), p), params)
-        target_params = jax.tree.map(lambda r, t: jnp.where(roll, r, t), rolled_targets, state.target_params)
-        followed = jax.tree.map(lambda t, p: t.at[1:].set(p[:-1]), target_params, params)  # Q_bar_k <- Q_k
-        target_params = jax.tree.map(lambda f, t: jnp.where(follow, f, t), followed, target_params)
+        select = lambda pred, new, old: jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)  # noqa: E731
+        rolled_targets, rolled_params = iterations.roll(state.target_params, params)
+        target_params = select(roll, rolled_targets, state.target_params)
+        params = select(roll, rolled_params, params)
+        target_params = select(follow, iterations.follow(target_params, params), target_params)
         metrics = {
             "env_steps": update_index * config.steps_per_update,
             "episode_return": mean_last_episode_return(state.env_state),
