@@ -15,6 +15,8 @@ import pytest
 
 from rlzoo.algorithms import ppo
 from rlzoo.experiment import run_cli
+from tests.conftest import run_dqn
+from tests.conftest import run_dqn
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress", "--num-seeds", "2"]
@@ -43,11 +45,11 @@ def uninterrupted(tmp_path_factory):
 
 
 KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
+    import importlib, os, signal, sys
     from rlzoo import checkpoint
-    from rlzoo.algorithms import ppo
     from rlzoo.experiment import run_cli
-    kill_after, saves = int(sys.argv[1]), []
+    algo = importlib.import_module("rlzoo.algorithms." + sys.argv[1])
+    kill_after, saves = int(sys.argv[2]), []
     original_save = checkpoint.save
     def save_then_maybe_die(*args, **kwargs):
         original_save(*args, **kwargs)  # orbax saves asynchronously: the kill may land mid-write
@@ -55,23 +57,35 @@ KILL_SCRIPT = textwrap.dedent("""
         if len(saves) == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
     checkpoint.save = save_then_maybe_die
-    run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=sys.argv[2:])
+    run_cli(sys.argv[1], algo.Config, algo.HParams, algo.make_train, args=sys.argv[3:])
 """)
 
 
-def test_a_run_killed_at_a_random_chunk_resumes_to_the_same_parameters_bit_for_bit(uninterrupted, tmp_path):
+def test_a_ppo_run_killed_at_a_random_chunk_resumes_to_the_same_parameters_bit_for_bit(uninterrupted, tmp_path):
+    kill_resume_and_compare("ppo", run_ppo, ARGS, uninterrupted, tmp_path, updates_per_chunk=4)
+
+
+def test_a_dqn_run_with_its_replay_buffer_resumes_bit_for_bit_after_sigkill(tmp_path):
+    args = ["--total-timesteps", "4000", "--learning-starts", "1000", "--num-chunks", "4", "--no-progress",
+            "--num-seeds", "2"]
+    reference = tmp_path / "reference"
+    run_dqn([*args, "--run-dir", str(reference)])
+    kill_resume_and_compare("dqn", run_dqn, args, reference, tmp_path, updates_per_chunk=100, final_step=400)
+
+
+def kill_resume_and_compare(algo, run, args, reference, tmp_path, updates_per_chunk, final_step=16):
     kill_after = random.Random(os.getpid()).randint(1, 3)
     killed = tmp_path / "killed"
     process = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(kill_after), *ARGS, "--run-dir", str(killed)],
+        [sys.executable, "-c", KILL_SCRIPT, algo, str(kill_after), *args, "--run-dir", str(killed)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert process.returncode == -9, process.stderr[-2000:]  # SIGKILL
     assert not (killed / "summary.json").exists()
 
-    summary = run_ppo(["--resume", str(killed), "--no-progress"])
-    assert 0 <= summary["resumed_from_update"] <= 4 * kill_after
-    assert_same_leaves(final_params(killed), final_params(uninterrupted))
-    assert (killed / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+    summary = run(["--resume", str(killed), "--no-progress"])
+    assert 0 <= summary["resumed_from_update"] <= updates_per_chunk * kill_after
+    assert_same_leaves(final_params(killed, final_step), final_params(reference, final_step))
+    assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
 def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used(uninterrupted, tmp_path, capsys):
