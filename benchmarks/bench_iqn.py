@@ -69,8 +69,8 @@ def main() -> None:
         for name, (trainer, hparams) in contenders(env_id, args.steps).items():
             start = time.perf_counter()
             result = run_sweep(trainer, hparams, {}, seed=0, num_seeds=args.seeds)
-            state, metrics = result.outputs
-            seconds = time.perf_counter() - start
+            state, metrics = jax.block_until_ready(result.outputs)
+            seconds = time.perf_counter() - start  # compile + run
             scores.setdefault(name, {})[env_id] = greedy_scores(trainer, state, args.seeds).tolist()
             curve = np.nanmean(np.asarray(metrics["episode_return"]), axis=0)
             ax.plot(np.asarray(metrics["env_steps"][0]), curve, label=name)
