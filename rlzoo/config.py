@@ -56,6 +56,16 @@ def check(condition: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{field}={value!r} is not allowed: {allowed}")
 
 
+def check_scalar(**scalars: Any) -> None:
+    """Raises a ValueError unless each value is a scalar (a float or a 0-d, possibly traced, array)."""
+    import jax.numpy as jnp
+
+    for name, value in scalars.items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"`{name}` must be a scalar (Python float or 0-d array); got shape "
+                             f"{jnp.shape(value)}. To sweep it, use jax.vmap over the call.")
+
+
 def check_hparams(hparams: Any, label: str = "") -> None:
     """Checks every field of an HParams instance against its class's `BOUNDS`."""
     bounds: dict[str, Range] = getattr(type(hparams), "BOUNDS", {})

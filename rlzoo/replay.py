@@ -40,7 +40,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlzoo.config import check
+from rlzoo.config import check, check_scalar
 
 Array = jax.Array
 Scalar = Union[float, Array]
@@ -129,14 +129,6 @@ def _check_int(value: Any, field: str, minimum: int) -> None:
     is_int = isinstance(value, int) and not isinstance(value, bool)
     check(is_int and value >= minimum, field, value, f"must be a Python int >= {minimum}")
 
-
-def _check_scalar(**scalars: Scalar) -> None:
-    for name, value in scalars.items():
-        if jnp.ndim(value) != 0:
-            raise ValueError(
-                f"`{name}` must be a scalar (Python float or 0-d array); got shape "
-                f"{jnp.shape(value)}. To sweep it, use jax.vmap over the call."
-            )
 
 
 def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], jnp.dtype]:
@@ -376,7 +368,7 @@ def _draw(
         envs = (flat % num_envs).astype(jnp.int32)
         return SlotIndex(rows, envs), jnp.ones((batch_size,), jnp.float32)
 
-    _check_scalar(alpha=alpha, beta=beta)
+    check_scalar(alpha=alpha, beta=beta)
     age = (jnp.arange(capacity) - oldest) % capacity
     startable = jnp.broadcast_to((age < num_starts)[:, None], (capacity, num_envs))
     mass = jnp.where(startable, state.priorities ** jnp.asarray(alpha, jnp.float32), 0.0).reshape(-1)
@@ -465,7 +457,7 @@ def sample_n_step(
     """
     _check_int(batch_size, "batch_size", 1)
     _check_int(n, "n", 1)
-    _check_scalar(gamma=gamma)
+    check_scalar(gamma=gamma)
     capacity, _ = _sizes(state)
     reward, terminated, truncated = _episode_fields(state)
     indices, weights = _draw(state, key, batch_size, 1, prioritized, alpha, beta)

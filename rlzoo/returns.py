@@ -31,6 +31,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from rlzoo.config import check_scalar
+
 Array = jax.Array
 Scalar = Union[float, Array]
 
@@ -54,14 +56,6 @@ def _check_time_major(*arrays: Array) -> None:
         )
     chex.assert_equal_shape(arrays)
 
-
-def _check_scalar(**scalars: Scalar) -> None:
-    for name, value in scalars.items():
-        if jnp.ndim(value) != 0:
-            raise ValueError(
-                    f"`{name}` must be a scalar (Python float or 0-d array); got shape "
-                    f"{jnp.shape(value)}. To sweep it, use jax.vmap over the call."
-            )
 
 
 def _flags(terminated: Array, truncated: Array, dtype) -> tuple[Array, Array]:
@@ -115,7 +109,7 @@ def gae(
         ``(advantages, value_targets)``, each of shape [T, ...].
     """
     _check_time_major(rewards, values, next_values, terminated, truncated)
-    _check_scalar(gamma=gamma, lam=lam)
+    check_scalar(gamma=gamma, lam=lam)
     dtype = _float_dtype(rewards)
     rewards = jnp.asarray(rewards, dtype)
     values = jnp.asarray(values, dtype)
@@ -173,7 +167,7 @@ def lambda_returns(
         The λ-returns, shape [T, ...].
     """
     _check_time_major(rewards, next_values, terminated, truncated)
-    _check_scalar(gamma=gamma, lam=lam)
+    check_scalar(gamma=gamma, lam=lam)
     dtype = _float_dtype(rewards)
     rewards = jnp.asarray(rewards, dtype)
     next_values = jnp.asarray(next_values, dtype)
@@ -237,7 +231,7 @@ def n_step_returns(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"`n` must be a Python int >= 1; got n={n!r}.")
     _check_time_major(rewards, next_values, terminated, truncated)
-    _check_scalar(gamma=gamma)
+    check_scalar(gamma=gamma)
     dtype = _float_dtype(rewards)
     rewards = jnp.asarray(rewards, dtype)
     next_values = jnp.asarray(next_values, dtype)
@@ -303,7 +297,7 @@ def discounted_returns(
         _check_time_major(rewards, terminated, truncated)
     else:
         _check_time_major(rewards, next_values, terminated, truncated)
-    _check_scalar(gamma=gamma)
+    check_scalar(gamma=gamma)
     dtype = _float_dtype(rewards)
     rewards = jnp.asarray(rewards, dtype)
     gamma = jnp.asarray(gamma, dtype)
