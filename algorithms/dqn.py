@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Literal, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,7 +28,7 @@ from flax import struct
 
 from rlzoo import distributional as dist
 from rlzoo import replay
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.config import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
 from rlzoo.networks import ACTIVATIONS, QNetwork
 

@@ -40,7 +40,7 @@ from flax import struct
 
 from rlzoo import replay
 from rlzoo.algorithms import dqn
-from rlzoo.config import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.config import Range, Trainer, check
 from rlzoo.env_adapter import mean_last_episode_length, mean_last_episode_return
 from rlzoo.networks import QNetwork, make_torso, orthogonal_dense
 

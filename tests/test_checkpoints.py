@@ -13,17 +13,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rlzoo.algorithms import ppo
-from rlzoo.experiment import run_cli
-from tests.conftest import run_dqn
-from tests.conftest import run_dqn
+from tests.conftest import run_dqn, run_ppo
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress", "--num-seeds", "2"]
-
-
-def run_ppo(args):
-    return run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=args)
 
 
 def final_params(run_dir: Path, step: int = 16):

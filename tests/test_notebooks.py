@@ -1,6 +1,5 @@
 """The notebooks run top to bottom on a small budget."""
 
-import os
 from pathlib import Path
 
 import nbformat
