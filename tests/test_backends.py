@@ -137,6 +137,24 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
+def wandb_history(log_dir: Path, expected_rows: int, timeout_s: float = 60.0) -> tuple[list, list]:
+    """The records and history rows of the one offline run under `log_dir`, once all `expected_rows` are on disk.
+
+    wandb's service process writes the `.wandb` log; on a loaded machine its last records
+    can land a moment after `run.finish()` returns, so this polls until they are there.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        (log,) = log_dir.glob("offline-run-*/run-*.wandb")
+        records = read_wandb_records(log)
+        history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+        if len(history) >= expected_rows or time.monotonic() > deadline:
+            return records, history
+        time.sleep(0.2)
+
+
 def item_key(item) -> str:
     """A history or config item's key (this wandb version fills `nested_key`, older ones `key`)."""
     return item.key or "/".join(item.nested_key)
@@ -160,8 +178,7 @@ def test_wandb_offline_run_holds_config_and_grouped_keys_per_member(tmp_path, wa
         sink.write_chunk(0, fake_chunk(0, 3))
         sink.write_chunk(3, fake_chunk(3, 2))
 
-    (log,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    records = read_wandb_records(log)
+    records, history = wandb_history(run_dir / "wandb", expected_rows=5)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.display_name == name and run.project == "rlzoo-test"
     updates = [*run.config.update, *(u for r in records if r.WhichOneof("record_type") == "config"
@@ -169,7 +186,6 @@ def test_wandb_offline_run_holds_config_and_grouped_keys_per_member(tmp_path, wa
     config = {item_key(u): json.loads(u.value_json) for u in updates}
     assert config["config"] == CONFIG["config"] and config["configs"] == LABELS
 
-    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
     assert [h.step.num for h in history] == [u * STEPS_PER_UPDATE for u in range(1, 6)]
     rows = [{item_key(i): json.loads(i.value_json) for i in h.item} for h in history]
     for u, row in enumerate(rows, start=1):
@@ -188,8 +204,8 @@ def test_wandb_single_member_uses_plain_cleanrl_keys(tmp_path, wandb_offline):
     (sink,) = make_sinks("wandb", tmp_path, "single", ["default"], 1, {"lr": 2.5e-4})
     with sink:
         sink.write_chunk(0, fake_chunk(0, 2, num_members=1))
-    (log,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    history = [r.history for r in read_wandb_records(log) if r.WhichOneof("record_type") == "history"]
+    _, history = wandb_history(tmp_path / "wandb", expected_rows=2)
+    assert [h.step.num for h in history] == [100, 200]
     keys = {item_key(i) for i in history[-1].item if not item_key(i).startswith("_")}
     assert keys == {"charts/episodic_return", "charts/episodic_length", "losses/policy_loss"}
 
