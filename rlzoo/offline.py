@@ -1,0 +1,233 @@
+"""What offline RL algorithm files share: the data they train on, the training loop, and small networks.
+
+An offline algorithm file (`algorithms/bc.py`, `algorithms/iql.py`, ...) supplies
+three pure functions and gets a `rlzoo.config.Trainer` back from `make_trainer`:
+
+    init_learner(key, hparams) -> learner          # params, optimiser states, target params
+    learn(learner, batch, key, hparams) -> (learner, stats)   # one gradient step on a Dataset minibatch
+    policy(learner, key, obs, greedy) -> action    # obs already normalised like the dataset
+
+One `Trainer.update` is `steps_per_update` gradient steps, each on a fresh
+uniform minibatch drawn on device from the dataset, inside one `lax.scan`, then
+`eval_episodes` online evaluation episodes of the greedy policy with
+`rlzoo.evaluate.evaluate`. So the run-folder contract of `rlzoo.experiment`
+holds with this mapping: **`env_steps` counts gradient steps** (environment
+steps are only spent on evaluation), `episode_return` / `episode_length` are the
+mean evaluation return and length at the end of that update, and
+`normalized_score` is D4RL's score of that return when the dataset has reference
+returns. A million gradient steps are `num_chunks` jitted calls; the data never
+leaves the device in between.
+
+The dataset is a constant of the compiled program (closed over), so `vmap` over
+seeds and hyperparameters shares one copy and checkpoints hold only the learner
+state, not the data.
+
+Also here: `OfflineData` (the dataset, its metadata and the evaluation env,
+`load_offline_data`) and the networks offline actor-critics share:
+`GaussianActor` (tanh-bounded mean, state-independent log-std), `StateValue`
+and `EnsembleQ` (K critics in one module).
+
+Not here: any algorithm's loss (in its file), reading files (`rlzoo.datasets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import chex
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlzoo import datasets
+from rlzoo.config import ConfigError, Trainer
+from rlzoo.env_adapter import Env, make_env
+from rlzoo.evaluate import evaluate
+from rlzoo.networks import ACTIVATIONS
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineData:
+    """A dataset on device with what training and evaluation need to know about it."""
+
+    dataset: datasets.Dataset
+    metadata: dict[str, Any]
+    env: Env | None  # the environment to evaluate on (None: no online evaluation)
+    obs_stats: datasets.ObsStats | None  # set when observations were normalised on load
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset.observations.shape[1:])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.dataset.actions.shape[-1])
+
+    @property
+    def action_bounds(self) -> tuple[float, float]:
+        """The env's action bounds, else the dataset's range."""
+        if self.env is not None and self.env.spec.action_low is not None:
+            return float(self.env.spec.action_low), float(self.env.spec.action_high)
+        return float(self.dataset.actions.min()), float(self.dataset.actions.max())
+
+
+def dataset_env_id(path: str) -> str:
+    """The env id stored in an rlzoo dataset's metadata, '' if there is none or the file cannot be read."""
+    try:
+        return str(datasets.read_metadata(path).get("env_id", ""))
+    except ConfigError:
+        return ""
+
+
+def load_offline_data(path: str, env_id: str = "", normalize_obs: bool = False) -> OfflineData:
+    """Loads a dataset and makes its evaluation env (`env_id`, else the metadata's; 'none': no evaluation)."""
+    dataset, metadata = datasets.load(path, normalize_obs=normalize_obs)
+    env_id = env_id or metadata.get("env_id", "")
+    env = None
+    if env_id and env_id != "none":
+        env = make_env(env_id, backend=metadata.get("backend") or "positional")
+        if env.spec.discrete or env.spec.obs_shape != tuple(dataset.observations.shape[1:]) or (
+                env.spec.action_shape != tuple(dataset.actions.shape[1:])):
+            raise ConfigError(f"env_id={env_id!r} is not allowed: its observations {env.spec.obs_shape} and actions "
+                              f"{env.spec.action_shape} do not match the dataset's "
+                              f"{tuple(dataset.observations.shape[1:])} and {tuple(dataset.actions.shape[1:])}")
+    if dataset.actions.ndim != 2:
+        raise ConfigError(f"dataset={path!r} is not allowed: these offline algorithms need continuous actions [N, A]; "
+                          f"its actions have shape {dataset.actions.shape}")
+    return OfflineData(dataset, metadata, env, datasets.obs_stats(metadata))
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+class OfflineState(NamedTuple):
+    learner: Any  # the algorithm's own state (params, optimiser states, targets)
+    key: jax.Array
+    update_index: jax.Array  # Trainer updates done (each is steps_per_update gradient steps)
+
+
+def make_trainer(data: OfflineData, init_learner: Callable, learn: Callable, policy: Callable, *,
+                 total_updates: int, steps_per_update: int, batch_size: int, eval_episodes: int) -> Trainer:
+    """A `Trainer` whose update is `steps_per_update` gradient steps and one evaluation (module docstring)."""
+    if total_updates < steps_per_update:
+        raise ConfigError(f"total_updates={total_updates} is not allowed: must be >= steps_per_update "
+                          f"({steps_per_update})")
+    num_updates = total_updates // steps_per_update
+    env = data.env
+    max_steps = (env.spec.max_episode_steps or 1000) if env is not None else 0
+    with_score = env is not None and eval_episodes > 0 and datasets.has_reference_scores(data.metadata)
+
+    def act(state: OfflineState, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
+        """The policy on raw observations (normalised with the dataset's statistics if training used them)."""
+        if data.obs_stats is not None:
+            obs = data.obs_stats.normalize(obs)
+        return policy(state.learner, key, obs, greedy)
+
+    def init(key: jax.Array, hp: Any) -> OfflineState:
+        key, learner_key = jax.random.split(key)
+        return OfflineState(init_learner(learner_key, hp), key, jnp.zeros((), jnp.int32))
+
+    def gradient_step(carry, key: jax.Array):
+        learner, hp = carry
+        sample_key, learn_key = jax.random.split(key)
+        batch = datasets.sample(data.dataset, sample_key, batch_size)
+        learner, stats = learn(learner, batch, learn_key, hp)
+        return (learner, hp), stats
+
+    def update(state: OfflineState, hp: Any) -> tuple[OfflineState, dict[str, jax.Array]]:
+        key, steps_key, eval_key = jax.random.split(state.key, 3)
+        (learner, _), stats = jax.lax.scan(gradient_step, (state.learner, hp),
+                                           jax.random.split(steps_key, steps_per_update))
+        state = OfflineState(learner, key, state.update_index + 1)
+        if env is not None and eval_episodes > 0:
+            result = evaluate(lambda k, obs: act(state, k, obs, True), env, eval_key, eval_episodes, max_steps)
+            episode_return = result.episode_return.mean()
+            episode_length = result.episode_length.mean(dtype=jnp.float32)
+        else:
+            episode_return = episode_length = jnp.asarray(jnp.nan, jnp.float32)
+        metrics = {"env_steps": state.update_index * steps_per_update,  # gradient steps, see the module docstring
+                   "episode_return": episode_return, "episode_length": episode_length}
+        if with_score:
+            metrics["normalized_score"] = datasets.normalized_score(data.metadata, episode_return)
+        return state, {**metrics, **jax.tree.map(jnp.mean, stats)}
+
+    return Trainer(init, update, num_updates, steps_per_update, act if env is not None else None, env)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _mlp(x: jax.Array, hidden_sizes: Sequence[int], activation: str) -> jax.Array:
+    for size in hidden_sizes:
+        x = ACTIVATIONS[activation](nn.Dense(size)(x))
+    return x
+
+
+class GaussianActor(nn.Module):
+    """pi(a|s) = N(mu(s), diag(exp(log_std))), mu squashed into the action bounds by tanh.
+
+    The log-std is a state-independent parameter clipped to [-5, 2], as in IQL's
+    and CSVE's reference code.
+    """
+
+    action_dim: int
+    action_low: float = -1.0
+    action_high: float = 1.0
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> distrax.MultivariateNormalDiag:
+        centre, half_range = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
+        mean = centre + half_range * jnp.tanh(nn.Dense(self.action_dim)(_mlp(obs, self.hidden_sizes, self.activation)))
+        log_std = jnp.clip(self.param("log_std", nn.initializers.zeros, (self.action_dim,)), LOG_STD_MIN, LOG_STD_MAX)
+        return distrax.MultivariateNormalDiag(mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape))
+
+
+class StateValue(nn.Module):
+    """V(s): an MLP with a scalar head."""
+
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        return nn.Dense(1)(_mlp(obs, self.hidden_sizes, self.activation)).squeeze(-1)
+
+
+class _QValue(nn.Module):
+    hidden_sizes: Sequence[int]
+    activation: str
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        x = jnp.concatenate([obs, action], axis=-1)
+        return nn.Dense(1)(_mlp(x, self.hidden_sizes, self.activation)).squeeze(-1)
+
+
+class EnsembleQ(nn.Module):
+    """`num_critics` independent Q(s, a) networks in one module; returns [num_critics, ...]."""
+
+    num_critics: int = 2
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        chex.assert_equal_shape_prefix((obs, action), obs.ndim - 1)
+        critics = nn.vmap(_QValue, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
+                          out_axes=0, axis_size=self.num_critics)
+        return critics(tuple(self.hidden_sizes), self.activation)(obs, action)
+
+
+def polyak(target: Any, online: Any, tau: Any) -> Any:
+    """target <- (1 - tau) target + tau online."""
+    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
