@@ -1,0 +1,302 @@
+"""Recurrent PPO with an S5, GRU or LSTM memory (Lu et al., NeurIPS 2023: in-context RL with S5).
+
+    python algorithms/ppo_s5.py                                   # RepeatPrevious-Easy with S5
+    python algorithms/ppo_s5.py --env-id StatelessCartPole-Easy --sequence-model gru
+    python algorithms/ppo_s5.py --env-id meta/CartPole-v1 --num-steps 1024   # meta-RL: random projections, trials
+
+The agent is encoder -> sequence model -> separate actor and critic MLP heads. Per
+update: collect `num_steps` steps from `num_envs` environments acting one step at a
+time, carrying each env's hidden state across steps *and* across rollouts; an
+episode start (the step after a done flag) resets it. Then `num_epochs` passes of
+PPO's clipped objective (`rlzoo.algorithms.ppo.ppo_loss`, PPO eq. 7) over
+minibatches of whole sequences: the envs are split into `num_minibatches` groups,
+and each group's rollout is replayed in one call of the sequence model from the
+hidden state it had when the rollout began (S5: a parallel associative scan with
+resets; GRU/LSTM: a sequential scan), so the recomputed policy equals the acting
+one at the first epoch. GAE bootstraps from V(final observation, hidden state)
+on truncation and stops on termination.
+
+`sequence_model="none"` is the memoryless baseline (the same agent without memory).
+Evaluation episodes between chunks are off (`act` is None): the run-folder
+evaluation calls a stateless policy, and this agent needs its hidden state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import chex
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlzoo.algorithms.ppo import Batch, ppo_loss
+from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
+from rlzoo.networks import MLP, orthogonal_dense
+from rlzoo.returns import gae
+from rlzoo.sequence import SEQUENCE_MODELS, make_sequence_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static settings: they fix shapes and the compiled program (the CLI)."""
+
+    env_id: str = "RepeatPrevious-Easy"
+    """Environment id: a POPGym task (RepeatPrevious-Easy, StatelessCartPole-Medium, ...), meta/<id>, gymnax or brax/<name>."""
+    total_timesteps: int = 2_000_000
+    """Environment steps over all envs."""
+    num_envs: int = 64
+    """Parallel environments per seed."""
+    num_steps: int = 128
+    """Steps per environment in each rollout (the training sequence length)."""
+    num_epochs: int = 4
+    """Passes over each rollout."""
+    num_minibatches: int = 8
+    """Minibatches per epoch, each a group of whole env sequences; must divide num_envs."""
+    sequence_model: Literal["s5", "gru", "lstm", "none"] = "s5"
+    """Memory: s5 (parallel scan), gru, lstm, or none (memoryless baseline)."""
+    d_model: int = 64
+    """Width of the encoder and of the sequence model's output (GRU/LSTM units)."""
+    state_size: int = 64
+    """S5 state size per layer (conjugate pairs: half of it is stored, complex)."""
+    num_layers: int = 2
+    """Stacked S5 blocks (GRU and LSTM use one layer)."""
+    hidden_size: int = 64
+    """Hidden layer width of the actor and critic heads."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over training."""
+    clip_value_loss: bool = True
+    """Clip the value update to clip_eps around the rollout's values."""
+    normalize: Literal["auto", "none", "obs", "obs+reward"] = "auto"
+    """Observation/reward normalisation; auto: obs+reward for continuous actions, none for discrete."""
+    brax_backend: str = "positional"
+    """Physics backend for brax/<name> ids."""
+
+    def __post_init__(self):
+        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
+        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches", "d_model", "num_layers",
+                     "hidden_size"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        check(self.sequence_model in SEQUENCE_MODELS, "sequence_model", self.sequence_model,
+              f"one of {', '.join(SEQUENCE_MODELS)}")
+        check(self.state_size > 0 and self.state_size % 2 == 0, "state_size", self.state_size,
+              "must be a positive even number (S5 keeps one state of each conjugate pair)")
+        check(self.num_envs % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
+              f"must divide num_envs = {self.num_envs} (minibatches keep whole sequences)")
+        batch = self.num_envs * self.num_steps
+        check(self.total_timesteps >= batch, "total_timesteps", self.total_timesteps,
+              f"must be at least one rollout, num_envs * num_steps = {batch}")
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // (self.num_envs * self.num_steps)
+
+
+@struct.dataclass
+class HParams:
+    """Traced numbers: `vmap` sweeps over any of them in one compiled program."""
+
+    lr: float = 5e-4
+    """Adam learning rate (the start of the annealing schedule)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_eps: float = 0.2
+    """PPO ratio clip (and value clip) epsilon."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE, "gamma": UNIT_INTERVAL, "gae_lambda": UNIT_INTERVAL, "clip_eps": POSITIVE,
+        "ent_coef": NON_NEGATIVE, "vf_coef": NON_NEGATIVE, "max_grad_norm": POSITIVE,
+    }
+
+
+class RecurrentActorCritic(nn.Module):
+    """Dense encoder -> sequence model -> actor and critic MLP heads.
+
+    `__call__(carry, obs, reset)` takes [B, ...] obs and [B] resets (one step) or
+    [T, B, ...] and [T, B] (a sequence) and returns (carry, policy, value).
+    """
+
+    memory: nn.Module
+    num_actions: int
+    discrete: bool
+    d_model: int = 64
+    hidden_size: int = 64
+
+    @nn.compact
+    def __call__(self, carry: Any, obs: jax.Array, reset: jax.Array) -> tuple[Any, distrax.Distribution, jax.Array]:
+        x = nn.gelu(orthogonal_dense(self.d_model)(obs.astype(jnp.float32)))
+        carry, features = self.memory(carry, (x, reset))
+        logits = orthogonal_dense(self.num_actions, gain=0.01)(MLP((self.hidden_size,), "tanh")(features))
+        value = orthogonal_dense(1, gain=1.0)(MLP((self.hidden_size,), "tanh")(features)).squeeze(-1)
+        if self.discrete:
+            return carry, distrax.Categorical(logits=logits), value
+        log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+        return carry, distrax.MultivariateNormalDiag(logits, jnp.exp(jnp.broadcast_to(log_std, logits.shape))), value
+
+
+class SequenceInputs(NamedTuple):
+    """What the network needs to replay a minibatch of whole sequences."""
+
+    carry: Any  # hidden state at the start of the rollout, [n, ...]
+    obs: jax.Array  # [T, n, ...]
+    reset: jax.Array  # [T, n]
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceLossNetwork:
+    """Lets `ppo.ppo_loss` (which calls `network.apply(params, batch.obs)`) score whole sequences."""
+
+    network: RecurrentActorCritic
+
+    def apply(self, params: Any, inputs: SequenceInputs) -> tuple[distrax.Distribution, jax.Array]:
+        _, policy, value = self.network.apply(params, inputs.carry, inputs.obs, inputs.reset)
+        return policy, value
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    env_state: VecEnvState
+    obs: jax.Array  # [N, ...] observation to act on next
+    reset: jax.Array  # [N] whether that observation starts an episode
+    carry: Any  # [N, ...] hidden state before reading `obs`
+    key: jax.Array
+    update_index: jax.Array
+
+
+class Rollout(NamedTuple):
+    obs: jax.Array
+    reset: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_value: jax.Array  # V(s'_t) from the hidden state after step t, not reset
+
+
+def make_env_and_network(config: Config) -> tuple[VecEnv, RecurrentActorCritic]:
+    env = make_env(config.env_id, backend=config.brax_backend)
+    normalize = config.normalize
+    if normalize == "auto":
+        normalize = "none" if env.spec.discrete else "obs+reward"
+    vec_env = VecEnv(env, config.num_envs, normalize_obs=normalize != "none",
+                     normalize_reward=normalize == "obs+reward")
+    memory = make_sequence_model(config.sequence_model, config.d_model, config.state_size, config.num_layers)
+    network = RecurrentActorCritic(memory, env.spec.num_actions, env.spec.discrete, config.d_model,
+                                   config.hidden_size)
+    return vec_env, network
+
+
+def split_envs(x: jax.Array, order: jax.Array, num_groups: int, axis: int) -> jax.Array:
+    """Permutes the env axis `axis` by `order` and splits it into `num_groups` groups: a new leading axis."""
+    x = jnp.moveaxis(jnp.take(x, order, axis=axis), axis, 0)
+    x = x.reshape(num_groups, x.shape[0] // num_groups, *x.shape[1:])
+    return jnp.moveaxis(x, 1, axis + 1)
+
+
+def make_train(config: Config) -> Trainer:
+    vec_env, network = make_env_and_network(config)
+    loss_network = SequenceLossNetwork(network)
+    num_updates = config.num_updates
+    batch_size = config.num_envs * config.num_steps
+
+    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
+        def learning_rate(count):
+            if not config.anneal_lr:
+                return hp.lr
+            update = count // (config.num_epochs * config.num_minibatches)
+            return hp.lr * (1.0 - update / num_updates)
+
+        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(learning_rate, eps=1e-5))
+
+    def init(key: jax.Array, hp: HParams) -> TrainState:
+        key, net_key, env_key = jax.random.split(key, 3)
+        env_state, obs = vec_env.reset(env_key)
+        carry = network.memory.initialize_carry(config.num_envs)
+        reset = jnp.ones((config.num_envs,), jnp.bool_)
+        params = network.init(net_key, carry, obs, reset)
+        opt_state = make_optimizer(hp).init(params)
+        return TrainState(params, opt_state, env_state, obs, reset, carry, key, jnp.zeros((), jnp.int32))
+
+    def env_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Rollout]:
+        act_key, env_key = jax.random.split(key)
+        carry, policy, value = network.apply(state.params, state.carry, state.obs, state.reset)
+        action = policy.sample(seed=act_key)
+        env_state, ts = vec_env.step(env_key, state.env_state, action)
+        # The true next observation continues the episode from the new hidden state (no reset).
+        _, _, next_value = network.apply(state.params, carry, ts.final_obs, jnp.zeros_like(state.reset))
+        step = Rollout(state.obs, state.reset, action, policy.log_prob(action), value, ts.reward,
+                       ts.terminated, ts.truncated, next_value)
+        done = jnp.logical_or(ts.terminated, ts.truncated)
+        return state._replace(env_state=env_state, obs=ts.obs, reset=done, carry=carry), step
+
+    def update_minibatch(carry, batch: Batch):
+        params, opt_state, hp = carry
+        grads, stats = jax.grad(ppo_loss, argnums=1, has_aux=True)(
+            loss_network, params, batch, hp, config.clip_value_loss)
+        updates, opt_state = make_optimizer(hp).update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, hp), stats
+
+    def update_epoch(carry, key: jax.Array, batch: Batch):
+        """One pass over the rollout in minibatches of whole env sequences."""
+        order = jax.random.permutation(key, config.num_envs)
+        groups = config.num_minibatches
+        minibatches = Batch(
+            obs=SequenceInputs(
+                carry=jax.tree.map(lambda x: split_envs(x, order, groups, axis=0), batch.obs.carry),
+                obs=split_envs(batch.obs.obs, order, groups, axis=1),
+                reset=split_envs(batch.obs.reset, order, groups, axis=1)),
+            **{name: split_envs(getattr(batch, name), order, groups, axis=1)
+               for name in ("action", "log_prob", "value", "advantage", "target")})
+        return jax.lax.scan(update_minibatch, carry, minibatches)
+
+    def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+        key, rollout_key, epoch_key = jax.random.split(state.key, 3)
+        initial_carry = state.carry
+        state, rollout = jax.lax.scan(env_step, state, jax.random.split(rollout_key, config.num_steps))
+        chex.assert_shape(rollout.reward, (config.num_steps, config.num_envs))
+
+        advantage, target = gae(rollout.reward, rollout.value, rollout.next_value, rollout.terminated,
+                                rollout.truncated, hp.gamma, hp.gae_lambda)
+        batch = Batch(SequenceInputs(initial_carry, rollout.obs, rollout.reset), rollout.action,
+                      rollout.log_prob, rollout.value, advantage, target)
+        (params, opt_state, _), stats = jax.lax.scan(
+            lambda carry, k: update_epoch(carry, k, batch),
+            (state.params, state.opt_state, hp), jax.random.split(epoch_key, config.num_epochs))
+
+        update_index = state.update_index + 1
+        metrics = {
+            "env_steps": update_index * batch_size,
+            "episode_return": mean_last_episode_return(state.env_state),
+            "episode_length": mean_last_episode_length(state.env_state),
+            **jax.tree.map(jnp.mean, stats),
+        }
+        state = state._replace(params=params, opt_state=opt_state, key=key, update_index=update_index)
+        return state, metrics
+
+    return Trainer(init, update, num_updates, batch_size, None, vec_env.env)
+
+
+def main() -> None:
+    from rlzoo.experiment import run_cli
+
+    run_cli("ppo_s5", Config, HParams, make_train)
+
+
+if __name__ == "__main__":
+    main()
