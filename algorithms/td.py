@@ -34,6 +34,7 @@ RMS-error-vs-alpha plot, a table and `summary.json` into the run folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -225,9 +226,7 @@ class ValueFunction(NamedTuple):
 
 def make_value_function(config: Config, spec: EnvSpec) -> ValueFunction:
     """Tabular (one-hot observations, a weight per state), linear in [obs, 1], or an MLP with 1 + N heads."""
-    obs_dim = 1
-    for size in spec.obs_shape:
-        obs_dim *= size
+    obs_dim = math.prod(spec.obs_shape)
 
     def features(obs: jax.Array) -> jax.Array:
         flat = obs.reshape(*obs.shape[:obs.ndim - len(spec.obs_shape)], obs_dim).astype(jnp.float32)
@@ -243,9 +242,7 @@ def make_value_function(config: Config, spec: EnvSpec) -> ValueFunction:
 
 def aux_rewards(num_tasks: int, spec: EnvSpec) -> Callable[[jax.Array], jax.Array]:
     """N random reward functions r_i(s') = tanh(p_i . s'), p_i ~ N(0, I / dim), drawn once (the same for every seed)."""
-    obs_dim = 1
-    for size in spec.obs_shape:
-        obs_dim *= size
+    obs_dim = math.prod(spec.obs_shape)
     projection = jax.random.normal(jax.random.PRNGKey(20210407), (obs_dim, num_tasks)) / jnp.sqrt(obs_dim)
     return lambda next_obs: jnp.tanh(next_obs.reshape(*next_obs.shape[:-len(spec.obs_shape)], obs_dim) @ projection)
 
@@ -483,7 +480,7 @@ class RandomWalkExperiment:
 
 
 def random_walk_episodes(key: jax.Array, num_states: int, max_steps: int) -> tuple[jax.Array, jax.Array]:
-    """Positions s_0..s_{max_steps} (s_0 the middle) of one uniform random walk, frozen once it leaves; and its length."""
+    """Positions s_0..s_{max_steps} of one uniform random walk from the middle, frozen once it leaves; its length."""
     moves = jnp.where(jax.random.bernoulli(key, 0.5, (max_steps,)), 1, -1)
 
     def step(position, move):
@@ -507,8 +504,7 @@ def random_walk_rms(positions: jax.Array, method: str, alpha, lam, num_states: i
 
     def online(w, episode):
         def step(carry, t):
-            w, trace, v_old = carry
-            x, next_x, r, term, m = t
+            (w, trace, v_old), (x, next_x, r, term, m) = carry, t
             if method == "true-online":
                 new_w, trace, v_old, _ = true_online_td_step(w, trace, v_old, x, r, next_x, term, alpha, 1.0, lam)
             else:
@@ -518,20 +514,16 @@ def random_walk_rms(positions: jax.Array, method: str, alpha, lam, num_states: i
         return jax.lax.scan(step, (w, jnp.zeros_like(w), jnp.zeros(())), episode)[0][0]
 
     def episode(w, data):
-        if method == "offline-lambda-return":
-            w = offline_lambda_return_episode(w, *data, alpha, 1.0, lam)
-        else:
-            w = online(w, data)
+        offline = method == "offline-lambda-return"
+        w = offline_lambda_return_episode(w, *data, alpha, 1.0, lam) if offline else online(w, data)
         return w, jnp.sqrt(jnp.mean(jnp.square(w - true_values)))
 
-    data = (xs, next_xs, rewards, terminated, mask)
-    _, errors = jax.lax.scan(episode, jnp.zeros(num_states), data)
+    _, errors = jax.lax.scan(episode, jnp.zeros(num_states), (xs, next_xs, rewards, terminated, mask))
     return errors.mean()
 
 
 def run_random_walk(experiment: RandomWalkExperiment) -> dict[str, Any]:
     """Runs the alpha x lambda x runs grid as one program and writes rms_vs_alpha.png, rms_vs_alpha.csv/.md, summary."""
-    import json
     import time
     from pathlib import Path
 
@@ -559,15 +551,15 @@ def run_random_walk(experiment: RandomWalkExperiment) -> dict[str, Any]:
     best = {f"{lam:g}": {"alpha": experiment.alphas[int(np.argmin(row))], "rms": float(np.min(row))}
             for lam, row in zip(experiment.lambdas, rms)}
     summary = {"best_rms": float(rms.min()), "best_by_lambda": best, "method": experiment.method,
-               "mean_episode_length": float(lengths.mean()), "seconds": seconds, "run_dir": str(run_dir)}
+               "mean_episode_length": float(lengths.mean()), "grid_s": seconds, "run_dir": str(run_dir)}
     _write_json(run_dir / SUMMARY_FILE, summary)
     header = ["lambda", *(f"{a:g}" for a in experiment.alphas)]
     rows = [[f"{lam:g}", *(f"{v:.4f}" for v in row)] for lam, row in zip(experiment.lambdas, rms)]
     (run_dir / "rms_vs_alpha.csv").write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
-    table = ["| lambda \\ alpha | " + " | ".join(header[1:]) + " |", "|---" * len(header) + "|"]
-    (run_dir / "rms_vs_alpha.md").write_text("\n".join(table + ["| " + " | ".join(r) + " |" for r in rows]) + "\n")
+    table = "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows]) + "\n"
+    (run_dir / "rms_vs_alpha.md").write_text(table)
     plot_rms_vs_alpha(run_dir / "rms_vs_alpha.png", experiment, rms)
-    print(json.dumps(best, indent=1))
+    print(table)
     print(f"best RMS {summary['best_rms']:.3f} ({experiment.method}); run folder: {run_dir}")
     return summary
 
