@@ -1,0 +1,127 @@
+"""Behaviour cloning: maximum likelihood of the dataset's actions under a Gaussian policy.
+
+    python -m rlzoo.envs.offline --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python algorithms/bc.py --dataset datasets/Pendulum-v1/medium.hdf5
+    python algorithms/bc.py --dataset hopper-medium-v2.hdf5 --env-id none   # a D4RL file, no online evaluation
+
+Per gradient step: a uniform minibatch (s, a) from the dataset and one Adam step
+on -E[log pi(a|s)], with pi a Gaussian whose mean is squashed into the action
+bounds by tanh and whose log-std is a state-independent parameter (the policy of
+`iql.py`, so that the two differ only in their weighting of the data). The
+greedy policy, used for evaluation, is the mean.
+
+Offline contract (`rlzoo.offline`): one update is `steps_per_update` gradient
+steps then evaluation episodes; `env_steps` in the run folder counts gradient
+steps, `episode_return` is the evaluation return and `normalized_score` is
+D4RL's score against the dataset's random and expert returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlzoo import datasets
+from rlzoo.config import POSITIVE, Range, Trainer, check
+from rlzoo.networks import ACTIVATIONS
+from rlzoo.offline import GaussianActor, OfflineData, dataset_env_id, load_offline_data, make_trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static settings: they fix shapes and the compiled program (the CLI)."""
+
+    dataset: str = "datasets/Pendulum-v1/medium.hdf5"
+    """Dataset: an rlzoo or D4RL HDF5 file, a Minari dataset folder, or a Minari id under MINARI_DATASETS_PATH."""
+    env_id: str = ""
+    """Environment to evaluate on; '' reads it from the dataset's metadata, 'none' turns evaluation off."""
+    total_updates: int = 1_000_000
+    """Gradient steps."""
+    steps_per_update: int = 5_000
+    """Gradient steps between evaluations (one row of metrics.csv each)."""
+    batch_size: int = 256
+    """Minibatch size."""
+    eval_episodes: int = 10
+    """Evaluation episodes after each update of steps_per_update gradient steps (0: none)."""
+    normalize_obs: bool = False
+    """Standardise observations by the dataset's mean and std (the policy applies the same to raw observations)."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the policy MLP."""
+    activation: str = "relu"
+    """Hidden activation."""
+
+    def __post_init__(self):
+        if not self.env_id:
+            object.__setattr__(self, "env_id", dataset_env_id(self.dataset))
+        for name in ("total_updates", "steps_per_update", "batch_size"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        check(self.total_updates >= self.steps_per_update, "total_updates", self.total_updates,
+              f"must be >= steps_per_update ({self.steps_per_update})")
+        check(self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, "must be >= 0")
+        check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
+        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+
+
+@struct.dataclass
+class HParams:
+    """Traced numbers: `vmap` sweeps over any of them in one compiled program."""
+
+    lr: float = 3e-4
+    """Adam learning rate."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {"lr": POSITIVE}
+
+
+class Learner(NamedTuple):
+    params: Any
+    opt_state: Any
+
+
+def make_actor(config: Config, data: OfflineData) -> GaussianActor:
+    low, high = data.action_bounds
+    return GaussianActor(data.action_dim, low, high, config.hidden_sizes, config.activation)
+
+
+def bc_loss(actor: GaussianActor, params: Any, batch: datasets.Dataset) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """-E[log pi(a|s)] over the minibatch."""
+    dist = actor.apply(params, batch.observations)
+    log_prob = dist.log_prob(batch.actions)
+    return -log_prob.mean(), {"actor_loss": -log_prob.mean(), "action_mse": jnp.square(dist.mean() - batch.actions).mean()}
+
+
+def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
+    """`data` defaults to `load_offline_data(config.dataset, config.env_id, config.normalize_obs)`."""
+    data = data or load_offline_data(config.dataset, config.env_id, config.normalize_obs)
+    actor = make_actor(config, data)
+
+    def init(key: jax.Array, hp: HParams) -> Learner:
+        params = actor.init(key, data.dataset.observations[:1])
+        return Learner(params, optax.adam(hp.lr).init(params))
+
+    def learn(learner: Learner, batch: datasets.Dataset, key: jax.Array, hp: HParams) -> tuple[Learner, dict]:
+        grads, stats = jax.grad(lambda p: bc_loss(actor, p, batch), has_aux=True)(learner.params)
+        updates, opt_state = optax.adam(hp.lr).update(grads, learner.opt_state, learner.params)
+        return Learner(optax.apply_updates(learner.params, updates), opt_state), stats
+
+    def policy(learner: Learner, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
+        dist = actor.apply(learner.params, obs)
+        return dist.mean() if greedy else dist.sample(seed=key)
+
+    return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
+                        steps_per_update=config.steps_per_update, batch_size=config.batch_size,
+                        eval_episodes=config.eval_episodes)
+
+
+def main() -> None:
+    from rlzoo.experiment import run_cli
+
+    run_cli("bc", Config, HParams, make_train)
+
+
+if __name__ == "__main__":
+    main()
