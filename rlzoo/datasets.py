@@ -109,7 +109,7 @@ def _check_array(path: Path, key: str, array: np.ndarray) -> None:
         raise DatasetError(f"{path}: key {key!r} has dtype {array.dtype}, which is not allowed "
                            f"(expected {'bool or ' if 'b' in _ALLOWED_KINDS[key] else ''}numbers)")
     if kind == "f" and not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array.reshape(array.shape[0], -1)).any(axis=1))[0])
+        bad = int(np.flatnonzero((~np.isfinite(array.reshape(array.shape[0], -1))).any(axis=1))[0])
         raise DatasetError(f"{path}: key {key!r} holds NaN or infinite values (first at row {bad})")
     if key in ("terminals", "timeouts") and kind != "b" and not np.isin(array, (0, 1)).all():
         raise DatasetError(f"{path}: key {key!r} must hold 0/1 flags; found other values")

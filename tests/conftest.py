@@ -41,3 +41,24 @@ def sweep_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "sweep"
     summary = run_ppo([*TINY, "--run-dir", str(run_dir), "--num-seeds", "2", "--sweep", "lr=1e-3,3e-4"])
     return run_dir, summary
+
+
+@pytest.fixture(scope="session")
+def pendulum_offline(tmp_path_factory):
+    """Pendulum-v1 offline datasets, all five tiers of 20,000 transitions, from a small PPO run (built once).
+
+    `generate_s` times `rlzoo.envs.offline.generate` alone: compiling and running the
+    recorders and writing the five files, not the behaviour training before it.
+    """
+    import time
+    from types import SimpleNamespace
+
+    from rlzoo.envs import offline
+
+    config = offline.GenerateConfig(out=str(tmp_path_factory.mktemp("datasets")), tier_size=20_000, num_envs=100,
+                                    behaviour_timesteps=65_536, num_snapshots=17)
+    behaviour = offline.train_behaviour(config)
+    start = time.perf_counter()
+    written = offline.generate(config, behaviour)
+    return SimpleNamespace(config=config, behaviour=behaviour, written=written,
+                           generate_s=time.perf_counter() - start)
