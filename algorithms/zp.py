@@ -1,0 +1,293 @@
+"""ZP, the minimalist self-predictive representation (Ni et al., ICLR 2024), on a DQN-style learner.
+
+    python algorithms/zp.py                                     # CartPole-v1 with 16 distractor dimensions
+    python algorithms/zp.py --zp-target detached --num-distractors 64
+    python algorithms/zp.py --zp-steps 3 --zp-coef 1.0          # predict 3 latent steps ahead
+
+An encoder phi maps an observation to a latent z; a Q-head reads Q(z, .); a latent
+model g predicts the next latent from (z, a). Both losses train phi:
+
+    L_RL = E[(r + gamma (1 - term) max_a' Q_bar(phi_bar(s'), a') - Q(phi(s), a))^2]   (DQN on the latent)
+    L_ZP = E[sum_k || g(z_hat_{t+k}, a_{t+k}) - target(s_{t+k+1}) ||^2],  z_hat_t = phi(s_t)   (Ni et al., eq. 6)
+
+with the ZP target one of `online` phi(s') (gradients flow into it), `detached`
+sg(phi(s')), or `ema` phi_bar(s'), an exponential moving average of phi
+(tau_ema = 0.005 per update, the paper's recommendation). The K = `zp_steps`
+predictions roll g forward and stop at the episode's end. Q_bar and phi_bar
+are the same EMA copy. Acting is epsilon-greedy as in `algorithms/dqn.py`,
+whose replay buffer, epsilon schedule and Polyak update this file reuses.
+`num_distractors` appends that many N(0, 1) dimensions to every observation
+(`rlzoo.envs.distractor`); the latent's effective rank (srank, Kumar et al.,
+2021) is logged to show whether it collapses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlzoo import replay
+from rlzoo.algorithms.dqn import Transition, epsilon, epsilon_greedy, polyak
+from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
+from rlzoo.envs.distractor import wrap_env
+from rlzoo.networks import ACTIVATIONS, MLP, orthogonal_dense
+
+TARGETS = ("online", "detached", "ema")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static settings: they fix shapes and the compiled program (the CLI)."""
+
+    env_id: str = "CartPole-v1"
+    """Environment id: a gymnax id or an rlzoo id with discrete actions and flat observations."""
+    num_distractors: int = 16
+    """N(0, 1) noise dimensions appended to every observation (0: none)."""
+    total_timesteps: int = 80_000
+    """Environment steps over all envs."""
+    num_envs: int = 4
+    """Parallel environments per seed."""
+    train_every: int = 1
+    """Vectorised env steps per gradient step."""
+    buffer_size: int = 50_000
+    """Replay capacity in transitions (over all envs)."""
+    batch_size: int = 64
+    """Minibatch size."""
+    learning_starts: int = 2_000
+    """Env steps collected before learning."""
+    zp_target: Literal["online", "detached", "ema"] = "ema"
+    """Target of the ZP loss: online phi(s'), detached sg(phi(s')), or the EMA encoder phi_bar(s')."""
+    zp_steps: int = 1
+    """K: latent steps predicted ahead by rolling the latent model."""
+    latent_dim: int = 32
+    """Size of the latent z."""
+    hidden_sizes: tuple[int, ...] = (128,)
+    """Hidden layers of the encoder, the latent model and the Q-head."""
+    activation: str = "relu"
+    """Hidden activation."""
+
+    def __post_init__(self):
+        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
+        for name in ("num_envs", "train_every", "batch_size", "latent_dim"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        check(self.zp_steps >= 1, "zp_steps", self.zp_steps, "K must be >= 1")
+        check(self.zp_target in TARGETS, "zp_target", self.zp_target, f"one of {', '.join(TARGETS)}")
+        check(self.num_distractors >= 0, "num_distractors", self.num_distractors, "must be >= 0")
+        check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size, f"must be >= num_envs ({self.num_envs})")
+        check(self.learning_starts >= 0, "learning_starts", self.learning_starts, "must be >= 0")
+        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        first_learning = max(self.learning_starts, self.num_envs * self.train_every)
+        replay.check_can_sample(self.batch_size, self.buffer_size // self.num_envs, self.num_envs,
+                                max(first_learning, self.num_envs * self.zp_steps))
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.train_every
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
+
+
+@struct.dataclass
+class HParams:
+    """Traced numbers: `vmap` sweeps over any of them in one compiled program."""
+
+    lr: float = 1e-3
+    """Adam learning rate."""
+    gamma: float = 0.99
+    """Discount factor."""
+    zp_coef: float = 1.0
+    """Weight of the ZP loss."""
+    tau_ema: float = 0.005
+    """Polyak step of the EMA encoder and Q-head, every update."""
+    eps_start: float = 1.0
+    """Initial exploration epsilon."""
+    eps_end: float = 0.05
+    """Final exploration epsilon."""
+    exploration_fraction: float = 0.2
+    """Fraction of training over which epsilon decays linearly."""
+    max_grad_norm: float = 10.0
+    """Global gradient-norm clip."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE, "gamma": UNIT_INTERVAL, "zp_coef": NON_NEGATIVE, "tau_ema": Range(0.0, 1.0, low_closed=False),
+        "eps_start": UNIT_INTERVAL, "eps_end": UNIT_INTERVAL, "exploration_fraction": Range(0.0, 1.0, low_closed=False),
+        "max_grad_norm": POSITIVE,
+    }
+
+
+class ZPNetwork(nn.Module):
+    """Encoder phi(s) -> z, latent model g(z, a) -> z', and Q-head Q(z) -> [num_actions]."""
+
+    num_actions: int
+    latent_dim: int = 64
+    hidden_sizes: tuple[int, ...] = (256,)
+    activation: str = "relu"
+
+    def setup(self):
+        self.encoder = nn.Sequential([MLP(self.hidden_sizes, self.activation), orthogonal_dense(self.latent_dim, 1.0)])
+        self.model = nn.Sequential([MLP(self.hidden_sizes, self.activation), orthogonal_dense(self.latent_dim, 1.0)])
+        self.q_head = nn.Sequential([MLP(self.hidden_sizes, self.activation), orthogonal_dense(self.num_actions, 1.0)])
+
+    def encode(self, obs: jax.Array) -> jax.Array:
+        return self.encoder(obs.astype(jnp.float32))
+
+    def transition(self, latent: jax.Array, action: jax.Array) -> jax.Array:
+        return self.model(jnp.concatenate([latent, jax.nn.one_hot(action, self.num_actions)], axis=-1))
+
+    def q_values(self, latent: jax.Array) -> jax.Array:
+        return self.q_head(latent)
+
+    def __call__(self, obs: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
+        latent = self.encode(obs)
+        return self.q_values(latent), self.transition(latent, action)
+
+
+def effective_rank(latents: jax.Array, threshold: float = 0.99) -> jax.Array:
+    """srank (Kumar et al., 2021, eq. 1): the smallest k whose top-k singular values hold `threshold` of their sum."""
+    chex.assert_rank(latents, 2)
+    singular = jnp.linalg.svd(latents, compute_uv=False)
+    cumulative = jnp.cumsum(singular) / jnp.maximum(jnp.sum(singular), 1e-12)
+    return jnp.sum(cumulative < threshold) + 1
+
+
+class TrainState(NamedTuple):
+    params: Any
+    target_params: Any  # the EMA copy: phi_bar and Q_bar
+    opt_state: Any
+    buffer: replay.ReplayState
+    env_state: VecEnvState
+    obs: jax.Array
+    key: jax.Array
+    update_index: jax.Array
+
+
+def make_env_and_network(config: Config) -> tuple[VecEnv, ZPNetwork]:
+    env = make_env(config.env_id)
+    check(env.spec.discrete, "env_id", config.env_id, "ZP here needs discrete actions")
+    check(len(env.spec.obs_shape) == 1, "env_id", config.env_id, "ZP here needs flat observations")
+    env = wrap_env(env, config.num_distractors)
+    network = ZPNetwork(env.spec.num_actions, config.latent_dim, config.hidden_sizes, config.activation)
+    return VecEnv(env, config.num_envs), network
+
+
+def zp_loss(config: Config, network: ZPNetwork, params, target_params, sequence: replay.SequenceSample):
+    """L_ZP over K rolled-out latent steps, masked after the episode's end; returns (loss, online latents)."""
+    steps = sequence.transitions  # leaves [B, K, ...]
+    mask = sequence.mask.astype(jnp.float32)
+    if config.zp_target == "ema":
+        targets = network.apply(target_params, steps.next_obs, method=ZPNetwork.encode)
+    else:
+        targets = network.apply(params, steps.next_obs, method=ZPNetwork.encode)
+        if config.zp_target == "detached":
+            targets = jax.lax.stop_gradient(targets)
+    latent = network.apply(params, steps.obs[:, 0], method=ZPNetwork.encode)
+    first_latent, errors = latent, []
+    for k in range(config.zp_steps):
+        latent = network.apply(params, latent, steps.action[:, k], method=ZPNetwork.transition)
+        errors.append(jnp.sum(jnp.square(latent - targets[:, k]), axis=-1))
+    errors = jnp.stack(errors, axis=1)  # [B, K]
+    return jnp.sum(mask * errors) / jnp.sum(mask), first_latent
+
+
+def rl_loss(network: ZPNetwork, params, target_params, first: Transition, hp: HParams) -> tuple[jax.Array, jax.Array]:
+    """The DQN loss on the latent: 0.5 (Q(phi(s), a) - y)^2, y from the EMA encoder and Q-head."""
+    q = network.apply(params, network.apply(params, first.obs, method=ZPNetwork.encode), method=ZPNetwork.q_values)
+    next_latent = network.apply(target_params, first.next_obs, method=ZPNetwork.encode)
+    next_q = network.apply(target_params, next_latent, method=ZPNetwork.q_values)
+    y = first.reward + hp.gamma * (1.0 - first.terminated.astype(jnp.float32)) * jnp.max(next_q, axis=-1)
+    taken = jnp.take_along_axis(q, first.action[:, None], axis=1)[:, 0]
+    return jnp.mean(0.5 * jnp.square(taken - jax.lax.stop_gradient(y))), jnp.mean(taken)
+
+
+def make_train(config: Config) -> Trainer:
+    vec_env, network = make_env_and_network(config)
+    num_updates, capacity = config.num_updates, config.buffer_size // config.num_envs
+    learning_starts_updates = config.learning_starts // config.steps_per_update
+
+    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
+        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.lr))
+
+    def init(key: jax.Array, hp: HParams) -> TrainState:
+        key, net_key, env_key = jax.random.split(key, 3)
+        env_state, obs = vec_env.reset(env_key)
+        params = network.init(net_key, obs, jnp.zeros(config.num_envs, jnp.int32))
+        example = Transition(obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), bool),
+                             jnp.zeros((), bool), obs[0])
+        return TrainState(params, params, make_optimizer(hp).init(params), replay.init(example, capacity, config.num_envs),
+                          env_state, obs, key, jnp.zeros((), jnp.int32))
+
+    def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool, eps=0.0) -> jax.Array:
+        """Epsilon-greedy on Q(phi(obs), .); greedy when evaluating."""
+        q_values = network.apply(state.params, network.apply(state.params, obs, method=ZPNetwork.encode),
+                                 method=ZPNetwork.q_values)
+        return jnp.argmax(q_values, -1) if greedy else epsilon_greedy(key, q_values, eps, vec_env.spec.num_actions)
+
+    def env_step(carry, key: jax.Array):
+        state, eps = carry
+        act_key, env_key = jax.random.split(key)
+        action = act(state, act_key, state.obs, False, eps)
+        env_state, ts = vec_env.step(env_key, state.env_state, action)
+        transition = Transition(state.obs, action, ts.reward, ts.terminated, ts.truncated, ts.final_obs)
+        state = state._replace(env_state=env_state, obs=ts.obs, buffer=replay.add(state.buffer, transition))
+        return (state, eps), None
+
+    def learn(state: TrainState, key: jax.Array, hp: HParams):
+        sequence = replay.sample_sequences(state.buffer, key, config.batch_size, config.zp_steps)
+        first = jax.tree.map(lambda x: x[:, 0], sequence.transitions)
+
+        def loss_fn(params):
+            td, q_mean = rl_loss(network, params, state.target_params, first, hp)
+            zp, latents = zp_loss(config, network, params, state.target_params, sequence)
+            return td + hp.zp_coef * zp, (td, zp, q_mean, latents)
+
+        (_, (td, zp, q_mean, latents)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = make_optimizer(hp).update(grads, state.opt_state, state.params)
+        stats = {"loss": td, "zp_loss": zp, "q_mean": q_mean, "latent_srank": effective_rank(latents)}
+        return optax.apply_updates(state.params, updates), opt_state, stats
+
+    def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+        key, rollout_key, learn_key = jax.random.split(state.key, 3)
+        eps = epsilon(hp, state.update_index, num_updates)
+        (state, _), _ = jax.lax.scan(env_step, (state, eps), jax.random.split(rollout_key, config.train_every))
+
+        params, opt_state, stats = learn(state, learn_key, hp)
+        learning = state.update_index >= learning_starts_updates
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(learning, n, o), new, old)  # noqa: E731
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        target_params = keep(polyak(state.target_params, params, hp.tau_ema), state.target_params)
+        update_index = state.update_index + 1
+        metrics = {
+            "env_steps": update_index * config.steps_per_update,
+            "episode_return": mean_last_episode_return(state.env_state),
+            "episode_length": mean_last_episode_length(state.env_state),
+            "epsilon": eps,
+            **stats,
+        }
+        state = state._replace(params=params, target_params=target_params, opt_state=opt_state, key=key,
+                               update_index=update_index)
+        return state, metrics
+
+    def act_for_evaluation(state, key, obs, greedy):
+        return act(state, key, obs, True) if greedy else act(state, key, obs, False, 0.05)
+
+    return Trainer(init, update, num_updates, config.steps_per_update, act_for_evaluation, vec_env.env)
+
+
+def main() -> None:
+    from rlzoo.experiment import run_cli
+
+    run_cli("zp", Config, HParams, make_train)
+
+
+if __name__ == "__main__":
+    main()
