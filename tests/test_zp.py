@@ -78,7 +78,7 @@ def test_only_the_online_target_passes_gradients_through_the_target_encoder():
 
     def grads(target):
         loss = lambda p: zp.zp_loss(zp.Config(zp_steps=2, zp_target=target), network, p, other, sequence)[0]  # noqa: E731
-        return jax.grad(loss)(params)["params"]["encoder"]
+        return jax.jit(jax.grad(loss))(params)["params"]["encoder"]
 
     def frozen_target_grads():  # the detached loss, with the targets computed outside the gradient
         targets = network.apply(params, steps.next_obs, method=zp.ZPNetwork.encode)
@@ -91,7 +91,7 @@ def test_only_the_online_target_passes_gradients_through_the_target_encoder():
                 total = total + jnp.sum(jnp.square(latent - targets[:, k]), -1)
             return jnp.mean(total) / 2
 
-        return jax.grad(loss)(params)["params"]["encoder"]
+        return jax.jit(jax.grad(loss))(params)["params"]["encoder"]
 
     detached, online, ema = grads("detached"), grads("online"), grads("ema")
     close = lambda a, b: all(np.allclose(x, y, rtol=1e-5, atol=1e-7)  # noqa: E731
@@ -104,11 +104,11 @@ def test_only_the_online_target_passes_gradients_through_the_target_encoder():
 def test_distractors_are_standard_normal_and_leave_the_task_unchanged():
     env = wrap_env(make_env("CartPole-v1"), 16)
     assert env.spec.obs_shape == (20,) and env.spec.env_id == "CartPole-v1+distractors16"
-    states, obs = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 4096))
+    states, obs = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 4096))
     assert np.abs(np.asarray(obs[:, :4])).max() <= 0.05  # CartPole's own reset range
     noise = np.asarray(obs[:, 4:])
     assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1.0) < 0.02
-    _, next_obs, reward, *_ = jax.vmap(env.step)(jax.random.split(jax.random.PRNGKey(1), 4096), states,
+    _, next_obs, reward, *_ = jax.jit(jax.vmap(env.step))(jax.random.split(jax.random.PRNGKey(1), 4096), states,
                                                  jnp.ones(4096, jnp.int32))
     assert (np.asarray(reward) == 1.0).all() and (np.asarray(next_obs[:, 1]) > np.asarray(obs[:, 1])).all()
     assert np.abs(np.corrcoef(np.asarray(next_obs[:, 4]), np.asarray(obs[:, 4]))[0, 1]) < 0.1  # fresh noise
