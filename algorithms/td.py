@@ -1,7 +1,8 @@
 """TD(lambda) policy evaluation: tabular, linear and neural value functions of a fixed policy.
 
     python algorithms/td.py                                    # neural TD(0), CartPole-v1, pole-angle policy
-    python algorithms/td.py --env-id RandomWalk19-v0 --value-fn tabular --view backward --trace dutch --lam 0.8
+    python algorithms/td.py --env-id RandomWalk19-v0 --value-fn tabular --view backward --trace dutch \
+        --policy random --gamma 1 --lam 0.5 --lr 0.05      # true online TD(lambda); `value_error` is its RMS error
     python algorithms/td.py --policy checkpoint --policy-run runs/CartPole-v1__dqn__0__...   # a trained agent
     python algorithms/td.py --num-aux-tasks 16 --aux-coef 1.0  # plus the values of 16 random reward functions
     python algorithms/td.py --experiment random-walk           # Sutton & Barto's Fig. 12.3, one vmapped program
@@ -451,12 +452,12 @@ def fresh_episodes(config: Config, key: jax.Array, num_envs: int = 64, num_steps
 
 @dataclasses.dataclass(frozen=True)
 class RandomWalkExperiment:
-    """RMS error of the offline lambda-return algorithm on the 19-state random walk against alpha, per lambda."""
+    """RMS error on the 19-state random walk against alpha, one curve per lambda (Sutton & Barto, Fig. 12.3)."""
 
     experiment: Literal["random-walk"] = "random-walk"
     """The experiment to run."""
     method: Literal["offline-lambda-return", "true-online", "accumulating"] = "offline-lambda-return"
-    """Algorithm: the offline lambda-return algorithm (Fig. 12.3), true online TD(lambda) (Fig. 12.8) or TD(lambda)."""
+    """Algorithm: offline lambda-return (Fig. 12.3), true online TD(lambda) (Fig. 12.8) or TD(lambda) (Fig. 12.6)."""
     lambdas: tuple[float, ...] = (0.0, 0.4, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
     """lambda values, one curve each."""
     alphas: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06, 0.08, *(round(0.1 * i, 1) for i in range(1, 11)))
@@ -583,7 +584,7 @@ def plot_rms_vs_alpha(path, experiment: RandomWalkExperiment, rms) -> None:
 
 
 def main() -> None:
-    if "--experiment" in sys.argv[1:]:
+    if any(arg.startswith("--experiment") for arg in sys.argv[1:]):
         import tyro
 
         try:
