@@ -1,0 +1,160 @@
+"""i-SAC: Soft Actor-Critic with iterated critics (i-QN applied to SAC; Vincent et al., TMLR 2025, arXiv 2403.02107).
+
+    python algorithms/isac.py                                  # Pendulum-v1, K = 3 critic pairs
+    python algorithms/isac.py --num-heads 5 --target-period 10 --roll-period 200
+
+SAC's critic learns one soft Bellman iteration at a time. Here K online critics
+Q_1..Q_K learn K consecutive iterations at once: with frozen targets
+Q_bar_0..Q_bar_{K-1}, head k regresses on the soft Bellman target of the frozen
+head before it (i-QN's eq. 3 with SAC's target, eq. 3 of Haarnoja et al., 2018):
+
+    L = sum_k E[(r + gamma (1 - term) (min_j Q_bar_{k-1,j}(s', a') - alpha log pi(a'|s')) - Q_{k,j}(s, a))^2] / 2,
+
+with one a' ~ pi(.|s') shared by all heads. Each head is a *pair* of twin critics
+(clipped double-Q inside every head, our choice), so the critic parameters carry
+leading axes [K, 2] and are evaluated with `vmap`; all K pairs start from SAC's
+initial critic pair (our choice, as in `iqn.py`, so that K = 1 is exactly SAC).
+
+Targets follow i-QN's schedule, counted in gradient steps: every D steps
+(`target_period`) Q_bar_k <- Q_k for k >= 1; every T steps (`roll_period`, a
+multiple of D) the window rolls: Q_bar_0 <- (1 - tau) Q_bar_0 + tau Q_1 and
+Q_k <- Q_{k+1}, the last pair keeping its weights. tau = 1 (the default) is i-QN's
+hard copy; with K = 1, D = T = 1 and SAC's tau, rolling is SAC's Polyak update, so
+i-SAC with one head reproduces SAC from the same seed (tested). Adam's moments stay
+with their slot when the window rolls, as in `iqn.py`.
+
+The actor and the temperature follow the last online pair Q_K, the newest
+iteration (our choice; i-QN acts with the newest heads as well). Everything else
+(networks, acting, replay, temperature) comes from `sac.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlzoo import replay
+from rlzoo.algorithms import sac
+from rlzoo.config import Range, Trainer, check
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(sac.Config):
+    """SAC's static settings plus the number K of iterated critic pairs."""
+
+    num_heads: int = 3
+    """K: soft Bellman iterations learned at once, each a twin-critic pair (K = 1 is SAC)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.num_heads >= 1, "num_heads", self.num_heads, "K must be >= 1")
+
+
+@struct.dataclass
+class HParams(sac.HParams):
+    """SAC's numbers; `target_period` is D, `roll_period` is T, `tau` the step of Q_bar_0 on a roll."""
+
+    tau: float = 1.0
+    """Step of Q_bar_0 toward Q_1 on each roll (1: i-QN's hard copy; SAC's 0.005 with K = 1, D = T = 1)."""
+    target_period: float = 10.0
+    """D: gradient steps between Q_bar_k <- Q_k (k >= 1)."""
+    roll_period: float = 100.0
+    """T: gradient steps between rolls of the window (a multiple of D)."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {**sac.HParams.BOUNDS, "target_period": Range(1.0),
+                                          "roll_period": Range(1.0)}
+
+    def check_relations(self, label: str = "") -> None:
+        check(float(self.roll_period) % float(self.target_period) == 0, f"{label}roll_period", self.roll_period,
+              f"T must be a multiple of target_period D={self.target_period}")
+
+
+def shift(x: jax.Array) -> jax.Array:
+    """Q_k <- Q_{k+1} along the leading axis; the last keeps its weights."""
+    return jnp.concatenate([x[1:], x[-1:]])
+
+
+def roll(target_params, params, tau):
+    """Q_bar_0 <- (1 - tau) Q_bar_0 + tau Q_1, then Q_k <- Q_{k+1}: returns (target_params, params)."""
+    targets = jax.tree.map(lambda t, p: t.at[0].set((1.0 - tau) * t[0] + tau * p[0]), target_params, params)
+    return targets, jax.tree.map(shift, params)
+
+
+def follow(target_params, params):
+    """Q_bar_k <- Q_k for k = 1..K-1."""
+    return jax.tree.map(lambda t, p: t.at[1:].set(p[:-1]), target_params, params)
+
+
+def iterated_critic_loss(critic, params, obs: jax.Array, action: jax.Array, targets: jax.Array):
+    """Sum over heads k of SAC's twin-critic loss of pair k against the target from frozen pair k-1."""
+    losses, q_means = jax.vmap(lambda p, y: sac.critic_loss(critic, p, obs, action, y))(params, targets)
+    return jnp.sum(losses), jnp.mean(q_means)
+
+
+def make_train(config: Config) -> Trainer:
+    base = sac.make_train(config)
+    vec_env = sac.make_vec_env(config)
+    action_dim = vec_env.spec.num_actions
+    actor = sac.SquashedGaussianActor(action_dim, config.hidden_sizes, config.activation)
+    critic = sac.TwinCritic(config.hidden_sizes, config.activation)
+    num_heads = config.num_heads
+    learning_starts_updates = config.learning_starts // config.num_envs
+    stack = lambda tree: jax.tree.map(lambda x: jnp.repeat(x[None], num_heads, axis=0), tree)  # noqa: E731
+    last_head = lambda tree: jax.tree.map(lambda x: x[-1], tree)  # noqa: E731
+
+    def init(key: jax.Array, hp: HParams) -> sac.TrainState:
+        """SAC's initial state with its critic pair copied into all K online and target slots."""
+        state = base.init(key, hp)
+        critic_params = stack(state.learner.critic_params)
+        learner = state.learner._replace(critic_params=critic_params, target_critic_params=critic_params,
+                                         critic_opt_state=optax.adam(hp.critic_lr).init(critic_params))
+        return state._replace(learner=learner)
+
+    def gradient_step(learner: sac.Learner, buffer: replay.ReplayState, key: jax.Array, hp: HParams):
+        """SAC's gradient step with K iterated critic pairs and i-QN's target schedule."""
+        sample_key, next_key, actor_key = jax.random.split(key, 3)
+        batch, discount = sac.sample_batch(config, buffer, sample_key, hp.gamma)
+        alpha = jnp.exp(learner.log_alpha)
+        next_action, next_log_prob = sac.sample_action(actor, learner.actor_params, batch.next_obs, next_key)
+        next_q = jax.vmap(lambda p: critic.apply(p, batch.next_obs, next_action))(learner.target_critic_params)
+        targets = jax.vmap(lambda q: sac.soft_q_target(batch.reward, discount, q, next_log_prob, alpha))(next_q)
+        (q_loss, q_mean), grads = jax.value_and_grad(iterated_critic_loss, argnums=1, has_aux=True)(
+            critic, learner.critic_params, batch.obs, batch.action, targets)
+        updates, critic_opt_state = optax.adam(hp.critic_lr).update(grads, learner.critic_opt_state)
+        critic_params = optax.apply_updates(learner.critic_params, updates)
+
+        gradient_steps = learner.gradient_steps + 1
+        select = lambda pred, new, old: jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)  # noqa: E731
+        rolling = gradient_steps % jnp.asarray(hp.roll_period).astype(jnp.int32) == 0
+        following = gradient_steps % jnp.asarray(hp.target_period).astype(jnp.int32) == 0
+        rolled_targets, rolled_params = roll(learner.target_critic_params, critic_params, hp.tau)
+        target_params = select(rolling, rolled_targets, learner.target_critic_params)
+        online_params = select(rolling, rolled_params, critic_params)
+        target_params = select(following, follow(target_params, online_params), target_params)
+        learner = learner._replace(critic_params=online_params, target_critic_params=target_params,
+                                   critic_opt_state=critic_opt_state, gradient_steps=gradient_steps)
+        q_fn = lambda obs, action: critic.apply(last_head(critic_params), obs, action)  # noqa: E731
+        learner, stats = sac.improve_policy(config, actor, learner, q_fn, batch.obs, actor_key, hp)
+        return learner, {"critic_loss": q_loss, "q_mean": q_mean, **stats}
+
+    def update(state: sac.TrainState, hp: HParams):
+        policy = lambda key, obs: sac.sample_action(actor, state.learner.actor_params, obs, key)[0]  # noqa: E731
+        return sac.learn(config, sac.explore(vec_env, state, learning_starts_updates, policy),
+                         learning_starts_updates, lambda learner, buffer, key: gradient_step(learner, buffer, key, hp))
+
+    return Trainer(init, update, config.num_updates, config.num_envs, base.act, base.eval_env)
+
+
+def main() -> None:
+    from rlzoo.experiment import run_cli
+
+    run_cli("isac", Config, HParams, make_train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""TD3: Twin Delayed Deep Deterministic policy gradient (Fujimoto et al., 2018, arXiv 1802.09477).
+
+    python algorithms/td3.py                                   # Pendulum-v1
+    python algorithms/td3.py --policy-delay 3 --sweep exploration_noise=0.1,0.2
+
+Per update: one vectorised step of `num_envs` environments into a replay buffer
+(uniformly random actions until `learning_starts` env steps, then
+a = clip(mu(s) + N(0, exploration_noise^2), -1, 1)), then `utd_ratio` gradient steps:
+
+1. twin critics regress on the clipped double-Q target with target policy smoothing
+   (Algorithm 1 of the paper, eq. 14-15)
+       a' = clip(mu_bar(s') + clip(N(0, policy_noise^2), -noise_clip, noise_clip), -1, 1),
+       y  = r + gamma (1 - term) min_j Q_bar_j(s', a');
+2. every `policy_delay` gradient steps (delayed policy updates, section 5.2): the actor
+   ascends Q_1(s, mu(s)) (the deterministic policy gradient), and the target actor
+   and critics follow by Polyak averaging with `tau`.
+
+Actions live in [-1, 1] (a tanh actor; noise scales are in that range) and are mapped
+linearly onto the environment's bounds when stepping, as in `sac.py`, whose
+networks, replay handling and acting loop this file reuses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlzoo import replay
+from rlzoo.algorithms import sac
+from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(sac.OffPolicyConfig):
+    """The off-policy settings of `sac.py` (env, budget, envs, UTD ratio, replay, networks)."""
+
+
+@struct.dataclass
+class HParams:
+    """Traced numbers: `vmap` sweeps over any of them in one compiled program."""
+
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak step of the target actor and critics (on delayed steps)."""
+    policy_noise: float = 0.2
+    """Std of the target policy smoothing noise (actions in [-1, 1])."""
+    noise_clip: float = 0.5
+    """Clip of the target policy smoothing noise."""
+    exploration_noise: float = 0.1
+    """Std of the Gaussian exploration noise (actions in [-1, 1])."""
+    policy_delay: float = 2.0
+    """Gradient steps per actor and target update."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "actor_lr": POSITIVE, "critic_lr": POSITIVE, "gamma": UNIT_INTERVAL,
+        "tau": Range(0.0, 1.0, low_closed=False), "policy_noise": NON_NEGATIVE, "noise_clip": NON_NEGATIVE,
+        "exploration_noise": NON_NEGATIVE, "policy_delay": Range(1.0),
+    }
+
+
+class Learner(NamedTuple):
+    """What the gradient steps change."""
+
+    actor_params: Any
+    critic_params: Any
+    target_actor_params: Any
+    target_critic_params: Any
+    actor_opt_state: Any
+    critic_opt_state: Any
+    gradient_steps: jax.Array
+
+
+def smoothed_target_action(target_action: jax.Array, key: jax.Array, hp: HParams) -> jax.Array:
+    """a' = clip(mu_bar(s') + clip(eps, -c, c), -1, 1), eps ~ N(0, sigma^2) (target policy smoothing, eq. 14)."""
+    noise = jnp.clip(hp.policy_noise * jax.random.normal(key, target_action.shape), -hp.noise_clip, hp.noise_clip)
+    return jnp.clip(target_action + noise, -1.0, 1.0)
+
+
+def noisy_action(actor: sac.DeterministicActor, actor_params, obs: jax.Array, key: jax.Array, noise) -> jax.Array:
+    """clip(mu(s) + N(0, noise^2), -1, 1): Gaussian exploration around the deterministic policy."""
+    action = actor.apply(actor_params, obs)
+    return jnp.clip(action + noise * jax.random.normal(key, action.shape), -1.0, 1.0)
+
+
+def deterministic_policy_loss(actor: sac.DeterministicActor, actor_params, q_fn, obs: jax.Array) -> jax.Array:
+    """-E[Q_1(s, mu(s))]: its gradient is the deterministic policy gradient (Silver et al., 2014)."""
+    return -jnp.mean(q_fn(obs, actor.apply(actor_params, obs))[0])
+
+
+def make_train(config: Config) -> Trainer:
+    vec_env = sac.make_vec_env(config)
+    action_dim = vec_env.spec.num_actions
+    actor = sac.DeterministicActor(action_dim, config.hidden_sizes, config.activation)
+    critic = sac.TwinCritic(config.hidden_sizes, config.activation)
+    learning_starts_updates = config.learning_starts // config.num_envs
+
+    def init(key: jax.Array, hp: HParams) -> sac.TrainState:
+        key, actor_key, critic_key, env_key = jax.random.split(key, 4)
+        env_state, obs = vec_env.reset(env_key)
+        actor_params = actor.init(actor_key, obs)
+        critic_params = critic.init(critic_key, obs, jnp.zeros((config.num_envs, action_dim)))
+        learner = Learner(actor_params, critic_params, actor_params, critic_params,
+                          optax.adam(hp.actor_lr).init(actor_params), optax.adam(hp.critic_lr).init(critic_params),
+                          jnp.zeros((), jnp.int32))
+        return sac.TrainState(learner, sac.init_buffer(config, obs, action_dim), env_state, obs, key,
+                              jnp.zeros((), jnp.int32))
+
+    def act(state: sac.TrainState, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
+        """mu(s) (greedy), or mu(s) plus the default exploration noise; in the environment's action bounds."""
+        params = state.learner.actor_params
+        if greedy:
+            return sac.to_env_action(vec_env.spec, actor.apply(params, obs))
+        action = noisy_action(actor, params, obs, key, HParams.exploration_noise)
+        return sac.to_env_action(vec_env.spec, action)
+
+    def gradient_step(learner: Learner, buffer: replay.ReplayState, key: jax.Array, hp: HParams):
+        """Critics every step; actor and targets every `policy_delay` steps (steps 1-2 of the docstring)."""
+        sample_key, noise_key = jax.random.split(key)
+        batch, discount = sac.sample_batch(config, buffer, sample_key, hp.gamma)
+        next_action = smoothed_target_action(actor.apply(learner.target_actor_params, batch.next_obs), noise_key, hp)
+        next_q = critic.apply(learner.target_critic_params, batch.next_obs, next_action)
+        target = jax.lax.stop_gradient(batch.reward + discount * next_q.min(axis=0))
+        (q_loss, q_mean), grads = jax.value_and_grad(sac.critic_loss, argnums=1, has_aux=True)(
+            critic, learner.critic_params, batch.obs, batch.action, target)
+        updates, critic_opt_state = optax.adam(hp.critic_lr).update(grads, learner.critic_opt_state)
+        critic_params = optax.apply_updates(learner.critic_params, updates)
+
+        q_fn = lambda obs, action: critic.apply(critic_params, obs, action)  # noqa: E731
+        pi_loss, grads = jax.value_and_grad(deterministic_policy_loss, argnums=1)(
+            actor, learner.actor_params, q_fn, batch.obs)
+        updates, actor_opt_state = optax.adam(hp.actor_lr).update(grads, learner.actor_opt_state)
+        gradient_steps = learner.gradient_steps + 1
+        delayed = gradient_steps % jnp.asarray(hp.policy_delay).astype(jnp.int32) == 0
+        select = lambda new, old: jax.tree.map(lambda n, o: jnp.where(delayed, n, o), new, old)  # noqa: E731
+        actor_params = select(optax.apply_updates(learner.actor_params, updates), learner.actor_params)
+        actor_opt_state = select(actor_opt_state, learner.actor_opt_state)
+        target_actor_params = select(sac.polyak(learner.target_actor_params, actor_params, hp.tau),
+                                     learner.target_actor_params)
+        target_critic_params = select(sac.polyak(learner.target_critic_params, critic_params, hp.tau),
+                                      learner.target_critic_params)
+        learner = Learner(actor_params, critic_params, target_actor_params, target_critic_params, actor_opt_state,
+                          critic_opt_state, gradient_steps)
+        return learner, {"critic_loss": q_loss, "actor_loss": pi_loss, "q_mean": q_mean}
+
+    def update(state: sac.TrainState, hp: HParams):
+        policy = lambda key, obs: noisy_action(actor, state.learner.actor_params, obs, key,  # noqa: E731
+                                               hp.exploration_noise)
+        return sac.learn(config, sac.explore(vec_env, state, learning_starts_updates, policy), learning_starts_updates,
+                         lambda learner, buffer, key: gradient_step(learner, buffer, key, hp))
+
+    return Trainer(init, update, config.num_updates, config.num_envs, act, vec_env.env)
+
+
+def main() -> None:
+    from rlzoo.experiment import run_cli
+
+    run_cli("td3", Config, HParams, make_train)
+
+
+if __name__ == "__main__":
+    main()
