@@ -41,17 +41,24 @@ class MLP(nn.Module):
 
 
 class MinAtarCNN(nn.Module):
-    """The MinAtar torso (Young & Tian, 2019): one 3x3 conv with 16 channels, then a dense layer."""
+    """The MinAtar torso (Young & Tian, 2019): one 3x3 conv with 16 channels, then a dense layer.
+
+    With `spatial`, it stops after the conv and returns the feature map [..., H-2, W-2, channels]
+    (the encoder of SPR, whose transition model works on the map); the dense layer is then left out.
+    """
 
     channels: int = 16
     hidden_size: int = 128
     activation: str = "relu"
+    spatial: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         act = ACTIVATIONS[self.activation]
         x = x.astype(jnp.float32)
         x = act(nn.Conv(self.channels, (3, 3), padding="VALID", kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        if self.spatial:
+            return x
         x = x.reshape(*x.shape[:-3], -1)
         return act(orthogonal_dense(self.hidden_size)(x))
 
