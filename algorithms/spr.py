@@ -1,0 +1,400 @@
+"""SPR, self-predictive representations (Schwarzer et al., ICLR 2021, arXiv 2007.05929), on MinAtar.
+
+    python algorithms/spr.py                                   # Breakout-MinAtar, 100k env steps
+    python algorithms/spr.py --env-id Asterix-MinAtar --k-steps 3 --augmentation none --ema-tau 0.99
+
+C51 Q-learning (dqn.py's loss, n-step, on augmented observations) plus an
+auxiliary loss that makes the representation predict its own future. From one
+replay sequence s_t..s_{t+K} with actions a_t..a_{t+K-1} (`replay.sample_sequences`):
+
+    z_0 = f(aug(s_t))                               online encoder: the MinAtar conv, feature map
+    z_k = h(z_{k-1}, a_{t+k-1}),  k = 1..K         conv transition model on [z, one-hot(a) as channels]
+    y_k = q(g(z_k))                                 projection g, then predictor q
+    t_k = g_bar(f_bar(aug(s_{t+k})))                target encoder and projection (EMA copies)
+    L_SPR = mean_b (1/K) sum_k m_k (2 - 2 cos(y_k, t_k))       (paper eq. 4, as a normalised L2)
+
+m_k is 0 once the episode has ended before s_{t+k} (the replay's sequence mask),
+so a prediction never has a target from another episode. The total loss is
+L_C51 + lambda L_SPR with lambda = `spr_weight` (5 in the paper). The projection g
+is the dense layer of the MinAtar torso, so the Q head reads C51 logits from
+g(f(s)) with the same network as `dqn.py --loss c51` on MinAtar.
+
+Targets: `--target ema` keeps an EMA copy theta_bar <- tau theta_bar + (1 - tau) theta
+after every learning update (tau = `ema_tau`, 0.99 in the paper without
+augmentation); `--target online` uses the online network under stop-gradient
+(tau = 0, the paper's choice with augmentation). Augmentation (`shift`, DrQ's
+random shift): pad each side by `pad` pixels, replicating the edge, and crop back to
+the original size at a random offset; MinAtar frames are 10x10, so the default
+pad is 1 (the paper pads 84x84 Atari frames by 4). `shift_intensity` also scales
+each frame by 1 + 0.05 clip(N(0, 1), -2, 2). Acting and evaluation see raw frames.
+
+Left out from the paper: noisy nets and dueling (exploration is dqn.py's
+epsilon-greedy), the latent renormalisation and the batch norm of the transition
+model. Acting, replay, exploration, the C51/HL-Gauss loss and Polyak updates come
+from dqn.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from rlzoo.algorithms import dqn
+
+from rlzoo import replay
+from rlzoo.config import POSITIVE, Range, Trainer, check
+from rlzoo.env_adapter import (
+    VecEnv,
+    make_env,
+    mean_last_episode_length,
+    mean_last_episode_return,
+)
+from rlzoo.networks import MinAtarCNN, orthogonal_dense
+
+AUGMENTATIONS = ("none", "shift", "shift_intensity")
+TARGETS = ("ema", "online")
+INTENSITY_SCALE = 0.05  # the paper's intensity noise: x * (1 + 0.05 clip(N(0, 1), -2, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(dqn.Config):
+    """DQN's static settings with MinAtar low-data defaults, plus SPR's."""
+
+    env_id: str = "Breakout-MinAtar"
+    """Environment id: a MinAtar (image) gymnax id."""
+    total_timesteps: int = 100_000
+    """Environment steps over all envs (the low-data regime)."""
+    num_envs: int = 4
+    """Parallel environments per seed."""
+    buffer_size: int = 100_000
+    """Replay capacity in transitions (over all envs); frames are stored as uint8."""
+    batch_size: int = 32
+    """Sequences per minibatch."""
+    learning_starts: int = 2_000
+    """Env steps collected before learning."""
+    n_step: int = 3
+    """n of the n-step return of the C51 loss."""
+    loss: Literal["mse", "huber", "c51", "hl_gauss", "two_hot"] = "c51"
+    """Value loss: c51 or hl_gauss (SPR learns with a distributional head)."""
+    v_min: float = 0.0
+    """Lowest value of the support."""
+    v_max: float = 20.0
+    """Highest value of the support."""
+    k_steps: int = 5
+    """K: future latents predicted by the transition model."""
+    augmentation: Literal["none", "shift", "shift_intensity"] = "shift"
+    """Augmentation of every frame the losses see: none, shift (pad + random crop), shift_intensity."""
+    pad: int = 1
+    """Pixels padded on each side before the random crop (10x10 MinAtar frames)."""
+    target: Literal["ema", "online"] = "ema"
+    """Target encoder/projection: an EMA copy (ema_tau) or the online network under stop-gradient."""
+    transition_channels: int = 32
+    """Channels of the transition model's hidden conv (the MinAtar encoder has 16)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.loss in ("c51", "hl_gauss"), "loss", self.loss, "SPR here learns with c51 or hl_gauss")
+        check(not self.dueling, "dueling", self.dueling, "SPR here uses a plain distributional head")
+        check(self.k_steps >= 1, "k_steps", self.k_steps, "K must be >= 1")
+        check(self.augmentation in AUGMENTATIONS, "augmentation", self.augmentation,
+              f"one of {', '.join(AUGMENTATIONS)}")
+        check(self.target in TARGETS, "target", self.target, f"one of {', '.join(TARGETS)}")
+        check(self.pad >= (1 if self.augmentation != "none" else 0), "pad", self.pad,
+              "must be >= 1 with a shift augmentation")
+        check(self.transition_channels >= 1, "transition_channels", self.transition_channels, "must be >= 1")
+        rows = min(-(-max(self.learning_starts, self.steps_per_update) // self.num_envs),
+                   self.buffer_size // self.num_envs)
+        starts = (rows - self.sequence_length + 1) * self.num_envs
+        check(self.batch_size <= starts, "batch_size", self.batch_size,
+              f"must be <= the {max(starts, 0)} sequences of {self.sequence_length} steps in the replay buffer "
+              f"when learning starts ({rows} rows x {self.num_envs} envs); raise learning_starts")
+
+    @property
+    def sequence_length(self) -> int:
+        """Steps per replay sequence: K for the latent rollout, n for the n-step return."""
+        return max(self.k_steps, self.n_step)
+
+
+@struct.dataclass
+class HParams(dqn.HParams):
+    """DQN's numbers (exploration shortened for 100k steps) plus SPR's weight and EMA rate."""
+
+    exploration_fraction: float = 0.2
+    """Fraction of training over which epsilon decays linearly."""
+    eps_end: float = 0.01
+    """Final exploration epsilon."""
+    target_period: float = 100.0
+    """Updates between updates of the C51 target network."""
+    spr_weight: float = 5.0
+    """lambda: weight of the K-step prediction loss."""
+    ema_tau: float = 0.99
+    """tau of the EMA target: theta_bar <- tau theta_bar + (1 - tau) theta (with --target ema)."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {**dqn.HParams.BOUNDS, "spr_weight": POSITIVE,
+                                          "ema_tau": Range(0.0, 1.0, high_closed=False)}
+
+
+class SPRNetwork(nn.Module):
+    """Encoder f, transition model h, projection g, C51 head and predictor q, as separate methods."""
+
+    num_actions: int
+    num_atoms: int
+    activation: str = "relu"
+    hidden_size: int = 128
+    transition_channels: int = 32
+
+    def setup(self):
+        self.encoder = MinAtarCNN(hidden_size=self.hidden_size, activation=self.activation, spatial=True)
+        self.transition_hidden = nn.Conv(self.transition_channels, (3, 3), padding="SAME")
+        self.transition_out = nn.Conv(self.encoder.channels, (3, 3), padding="SAME")
+        self.projection = orthogonal_dense(self.hidden_size)
+        self.q_head = orthogonal_dense(self.num_actions * self.num_atoms, gain=1.0)
+        self.predictor = orthogonal_dense(self.hidden_size, gain=1.0)
+
+    def encode(self, obs: jax.Array) -> jax.Array:
+        """f: frames [..., H, W, C] -> feature map [..., H-2, W-2, 16]."""
+        return self.encoder(obs)
+
+    def transition(self, latent: jax.Array, action: jax.Array) -> jax.Array:
+        """h: (feature map [B, h, w, c], action [B]) -> next feature map, the action one-hot as channels."""
+        planes = jax.nn.one_hot(action, self.num_actions)[:, None, None, :]
+        planes = jnp.broadcast_to(planes, (*latent.shape[:-1], self.num_actions))
+        x = nn.relu(self.transition_hidden(jnp.concatenate([latent, planes], axis=-1)))
+        return nn.relu(self.transition_out(x))
+
+    def project(self, latent: jax.Array) -> jax.Array:
+        """g: feature map -> [..., hidden] (the dense layer of the MinAtar torso)."""
+        return nn.relu(self.projection(latent.reshape(*latent.shape[:-3], -1)))
+
+    def predict(self, projected: jax.Array) -> jax.Array:
+        """q: the predictor, a linear layer on the online projection."""
+        return self.predictor(projected)
+
+    def q_logits(self, projected: jax.Array) -> jax.Array:
+        return self.q_head(projected).reshape(*projected.shape[:-1], self.num_actions, self.num_atoms)
+
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        """C51 logits [..., num_actions, num_atoms] of frames (what dqn.td_loss and acting read)."""
+        return self.q_logits(self.project(self.encode(obs)))
+
+    def initialize(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """Touches every submodule, so that `init` with this method creates all parameters."""
+        projected = self.project(self.transition(self.encode(obs), action))
+        return self.q_logits(projected), self.predict(projected)
+
+
+class Transition(NamedTuple):
+    obs: jax.Array  # uint8 frames
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_obs: jax.Array  # the true next frame (the final one on a done step), uint8
+
+
+class TrainState(NamedTuple):
+    params: Any
+    target_params: Any  # the C51 bootstrap network, refreshed every target_period updates
+    spr_target_params: Any  # the EMA encoder/projection (unused with --target online)
+    opt_state: Any
+    buffer: replay.ReplayState
+    env_state: Any
+    obs: jax.Array
+    key: jax.Array
+    update_index: jax.Array
+
+
+def cosine_loss(prediction: jax.Array, target: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """2 - 2 cos(x, y) over the last axis, = |x/|x| - y/|y||^2 (SPR eq. 4 up to a constant)."""
+    normalise = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps * eps))  # noqa: E731
+    return 2.0 - 2.0 * jnp.sum(normalise(prediction) * normalise(target), axis=-1)
+
+
+def masked_prediction_loss(step_losses: jax.Array, mask: jax.Array) -> jax.Array:
+    """mean_b (1/K) sum_k m_k loss_{b,k}: steps after the episode's end have zero weight.
+
+    `step_losses` and `mask` are [B, K]; mask[b, k-1] says s_{t+k} is still in the
+    episode of s_t (the replay's sequence mask: True up to and including the first done step).
+    """
+    chex.assert_equal_shape((step_losses, mask))
+    return jnp.mean(jnp.where(mask, step_losses, 0.0))
+
+
+def random_shift(key: jax.Array, frames: jax.Array, pad: int) -> jax.Array:
+    """Pads [..., H, W, C] frames by `pad` (edge replicated) and crops H x W at a random offset per frame."""
+    height, width, channels = frames.shape[-3:]
+    flat = frames.reshape(-1, height, width, channels)
+    padded = jnp.pad(flat, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = jax.random.randint(key, (flat.shape[0], 2), 0, 2 * pad + 1)
+    crop = lambda image, offset: jax.lax.dynamic_slice(  # noqa: E731
+        image, (offset[0], offset[1], 0), (height, width, channels))
+    return jax.vmap(crop)(padded, offsets).reshape(frames.shape)
+
+
+def augment(config: Config, key: jax.Array, frames: jax.Array) -> jax.Array:
+    """The configured augmentation of uint8/float frames [..., H, W, C], as float32."""
+    frames = frames.astype(jnp.float32)
+    if config.augmentation == "none":
+        return frames
+    shift_key, intensity_key = jax.random.split(key)
+    frames = random_shift(shift_key, frames, config.pad)
+    if config.augmentation == "shift_intensity":
+        noise = jnp.clip(jax.random.normal(intensity_key, (*frames.shape[:-3], 1, 1, 1)), -2.0, 2.0)
+        frames = frames * (1.0 + INTENSITY_SCALE * noise)
+    return frames
+
+
+def n_step_from_sequence(sequence: replay.SequenceSample, n: int, gamma) -> replay.NStepSample:
+    """The n-step sample of each sequence's first step, read off the sequence.
+
+    With m = number of steps among the first n still in the episode (the mask),
+    returns = sum_{k<m} gamma^k r_{t+k} and discount = gamma^m (1 - terminated_{t+m-1}),
+    as `replay.sample_n_step` (a sequence never wraps past the write position).
+    """
+    steps = sequence.transitions
+    alive = sequence.mask[:, :n].astype(jnp.float32)  # [B, n]
+    powers = jnp.asarray(gamma, jnp.float32) ** jnp.arange(n + 1, dtype=jnp.float32)
+    returns = jnp.sum(alive * powers[:n] * steps.reward[:, :n], axis=1)
+    m = jnp.sum(alive, axis=1).astype(jnp.int32)  # >= 1
+    take = lambda x: jnp.take_along_axis(x, (m - 1).reshape(-1, *([1] * (x.ndim - 1))), axis=1).squeeze(1)  # noqa: E731
+    last = jax.tree.map(take, steps)
+    discount = powers[m] * (1.0 - last.terminated.astype(jnp.float32))
+    first = jax.tree.map(lambda x: x[:, 0], steps)
+    return replay.NStepSample(sequence.indices, first, last, returns, discount, jnp.ones_like(returns))
+
+
+def latent_rollout(network: SPRNetwork, params, latent: jax.Array, actions: jax.Array) -> jax.Array:
+    """z_k = h(z_{k-1}, a_{t+k-1}) for k = 1..K: [B, h, w, c] and actions [B, K] -> [B, K, h, w, c]."""
+    def step(z, action):
+        z = network.apply(params, z, action, method=SPRNetwork.transition)
+        return z, z
+
+    _, latents = jax.lax.scan(step, latent, jnp.swapaxes(actions, 0, 1))
+    return jnp.swapaxes(latents, 0, 1)
+
+
+def spr_loss(config: Config, network: SPRNetwork, params, target_params, sequence: replay.SequenceSample,
+             first_frames: jax.Array, key: jax.Array) -> jax.Array:
+    """The masked K-step prediction loss (module docstring) from the augmented first frames [B, H, W, C]."""
+    k = config.k_steps
+    steps = sequence.transitions
+    chex.assert_rank(steps.action, 2)
+    predicted = latent_rollout(network, params, network.apply(params, first_frames, method=SPRNetwork.encode),
+                               steps.action[:, :k])
+    predictions = network.apply(params, network.apply(params, predicted, method=SPRNetwork.project),
+                                method=SPRNetwork.predict)  # [B, K, D]
+    future = augment(config, key, steps.next_obs[:, :k])  # s_{t+k} = next_obs of step t+k-1
+    targets = network.apply(target_params, network.apply(target_params, future, method=SPRNetwork.encode),
+                            method=SPRNetwork.project)
+    step_losses = cosine_loss(predictions, jax.lax.stop_gradient(targets))
+    return masked_prediction_loss(step_losses, sequence.mask[:, :k])
+
+
+def make_train(config: Config) -> Trainer:
+    env = make_env(config.env_id)
+    check(env.spec.discrete, "env_id", config.env_id, "SPR needs discrete actions")
+    check(len(env.spec.obs_shape) == 3, "env_id", config.env_id,
+          "SPR's convolutional transition model needs image observations (a MinAtar id)")
+    vec_env = VecEnv(env, config.num_envs)
+    num_actions = env.spec.num_actions
+    network = SPRNetwork(num_actions, config.num_atoms, config.activation,
+                         transition_channels=config.transition_channels)
+    _, to_q = dqn.make_value_head(config)
+    num_updates = config.num_updates
+    capacity = config.buffer_size // config.num_envs
+    learning_starts_updates = config.learning_starts // config.steps_per_update
+
+    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
+        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.lr))
+
+    def init(key: jax.Array, hp: HParams) -> TrainState:
+        key, net_key, env_key = jax.random.split(key, 3)
+        env_state, obs = vec_env.reset(env_key)
+        params = network.init(net_key, obs, jnp.zeros(obs.shape[0], jnp.int32), method=SPRNetwork.initialize)
+        frame = obs[0].astype(jnp.uint8)
+        example = Transition(frame, jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), bool),
+                             jnp.zeros((), bool), frame)
+        buffer = replay.init(example, capacity, config.num_envs)
+        return TrainState(params, params, params, make_optimizer(hp).init(params), buffer, env_state, obs, key,
+                          jnp.zeros((), jnp.int32))
+
+    def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool, eps=0.0) -> jax.Array:
+        """Epsilon-greedy on the C51 mean of raw (unaugmented) frames; greedy when evaluating."""
+        q_values = to_q(network.apply(state.params, obs))
+        return jnp.argmax(q_values, axis=-1) if greedy else dqn.epsilon_greedy(key, q_values, eps, num_actions)
+
+    def env_step(carry, key: jax.Array):
+        state, eps = carry
+        act_key, env_key = jax.random.split(key)
+        action = act(state, act_key, state.obs, False, eps)
+        env_state, ts = vec_env.step(env_key, state.env_state, action)
+        transition = Transition(state.obs, action, ts.reward, ts.terminated, ts.truncated, ts.final_obs)
+        state = state._replace(env_state=env_state, obs=ts.obs, buffer=replay.add(state.buffer, transition))
+        return (state, eps), None
+
+    def total_loss(params, state: TrainState, sequence: replay.SequenceSample, key: jax.Array, hp: HParams):
+        """L_C51 on the augmented n-step sample + lambda L_SPR, sharing the first frames' augmentation."""
+        first_key, next_key, future_key = jax.random.split(key, 3)
+        sample = n_step_from_sequence(sequence, config.n_step, hp.gamma)
+        first_frames = augment(config, first_key, sample.first.obs)
+        sample = sample._replace(first=sample.first._replace(obs=first_frames),
+                                 last=sample.last._replace(next_obs=augment(config, next_key, sample.last.next_obs)))
+        td, q_mean = dqn.td_loss(config, network, params, state.target_params, sample, hp)
+        spr_target = jax.lax.stop_gradient(params) if config.target == "online" else state.spr_target_params
+        spr = spr_loss(config, network, params, spr_target, sequence, first_frames, future_key)
+        return td + hp.spr_weight * spr, (td, spr, q_mean)
+
+    def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+        key, rollout_key, sample_key, loss_key = jax.random.split(state.key, 4)
+        eps = dqn.epsilon(hp, state.update_index, num_updates)
+        (state, _), _ = jax.lax.scan(env_step, (state, eps), jax.random.split(rollout_key, config.train_every))
+
+        sequence = replay.sample_sequences(state.buffer, sample_key, config.batch_size, config.sequence_length)
+        (loss, (td, spr, q_mean)), grads = jax.value_and_grad(total_loss, has_aux=True)(
+            state.params, state, sequence, loss_key, hp)
+        updates, opt_state = make_optimizer(hp).update(grads, state.opt_state, state.params)
+        learning = ((state.update_index >= learning_starts_updates)
+                    & replay.can_sample(state.buffer, config.batch_size, config.sequence_length))
+        select = lambda pred, new, old: jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)  # noqa: E731
+        params = select(learning, optax.apply_updates(state.params, updates), state.params)
+        opt_state = select(learning, opt_state, state.opt_state)
+        update_index = state.update_index + 1
+        refresh = learning & (update_index % jnp.asarray(hp.target_period).astype(jnp.int32) == 0)
+        target_params = select(refresh, dqn.polyak(state.target_params, params, hp.tau), state.target_params)
+        spr_target_params = select(learning, dqn.polyak(state.spr_target_params, params, 1.0 - hp.ema_tau),
+                                   state.spr_target_params)
+        metrics = {
+            "env_steps": update_index * config.steps_per_update,
+            "episode_return": mean_last_episode_return(state.env_state),
+            "episode_length": mean_last_episode_length(state.env_state),
+            "loss": loss,
+            "td_loss": td,
+            "spr_loss": spr,
+            "q_mean": q_mean,
+            "epsilon": eps,
+            "learning": learning.astype(jnp.float32),
+        }
+        state = state._replace(params=params, target_params=target_params, spr_target_params=spr_target_params,
+                               opt_state=opt_state, key=key, update_index=update_index)
+        return state, metrics
+
+    def act_for_evaluation(state, key, obs, greedy):
+        return act(state, key, obs, True) if greedy else act(state, key, obs, False, 0.05)
+
+    return Trainer(init, update, num_updates, config.steps_per_update, act_for_evaluation, vec_env.env)
+
+
+def main() -> None:
+    from rlzoo.experiment import run_cli
+
+    run_cli("spr", Config, HParams, make_train)
+
+
+if __name__ == "__main__":
+    main()

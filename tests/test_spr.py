@@ -1,0 +1,152 @@
+"""Facts about SPR: it runs end to end on Breakout-MinAtar and its K-step prediction loss falls; the loss is
+2 - 2 cos and gives no weight to steps after an episode's end; its inputs are checked."""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from rlzoo.algorithms import spr
+
+from rlzoo import replay
+from rlzoo.config import ConfigError, check_hparams
+from rlzoo.experiment import run_cli
+from rlzoo.returns import n_step_returns
+
+# 400 updates of 4 envs, 300 of them learning; a small batch and transition model keep it cheap on CPU.
+TINY_SPR = ["--total-timesteps", "1600", "--learning-starts", "400", "--batch-size", "8", "--transition-channels",
+            "8", "--num-chunks", "2", "--eval-episodes", "2", "--no-progress", "--num-seeds", "2"]
+
+
+@pytest.fixture(scope="module")
+def breakout_run(tmp_path_factory):
+    """One SPR run on Breakout-MinAtar through the CLI (2 seeds vmapped), shared by the tests that read it."""
+    run_dir = tmp_path_factory.mktemp("spr") / "breakout"
+    summary = run_cli("spr", spr.Config, spr.HParams, spr.make_train, args=[*TINY_SPR, "--run-dir", str(run_dir)])
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return run_dir, summary, rows
+
+
+def column(rows, name, seed):
+    return np.array([float(r[name]) for r in rows if int(r["seed"]) == seed])
+
+
+def test_spr_runs_end_to_end_on_breakout_minatar_and_keeps_the_run_folder_contract(breakout_run):
+    run_dir, summary, rows = breakout_run
+    for name in ("config.json", "metrics.csv", "summary.json", "eval.csv", "learning_curve.png"):
+        assert (run_dir / name).exists(), name
+    assert json.loads((run_dir / "config.json").read_text())["config"]["k_steps"] == 5
+    assert summary["env_steps"] == 1600 and np.isfinite(summary["final_eval_return"])
+    for seed in (0, 1):
+        assert column(rows, "env_steps", seed)[-1] == 1600
+        learning = column(rows, "learning", seed) == 1
+        assert learning.sum() == 300
+        for name in ("td_loss", "spr_loss", "loss"):
+            assert np.isfinite(column(rows, name, seed)).all(), name
+
+
+def test_the_k_step_prediction_loss_falls_by_more_than_half_during_learning(breakout_run):
+    """Mean spr_loss over the first vs the last 20% of the learning updates (measured: about 1.3 -> 0.05)."""
+    _, _, rows = breakout_run
+    for seed in (0, 1):
+        loss = column(rows, "spr_loss", seed)[column(rows, "learning", seed) == 1]
+        fifth = len(loss) // 5
+        early, late = loss[:fifth].mean(), loss[-fifth:].mean()
+        assert late < 0.5 * early, (seed, early, late)
+
+
+def test_cosine_loss_is_two_minus_twice_the_cosine():
+    x = jnp.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [3.0, 4.0]])
+    y = jnp.array([[0.0, 1.0], [2.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [4.0, 3.0]])
+    expected = [2.0, 0.0, 4.0, 2.0 - np.sqrt(2.0), 2.0 - 2.0 * 24.0 / 25.0]
+    np.testing.assert_allclose(spr.cosine_loss(x, y), expected, atol=1e-6)
+    np.testing.assert_allclose(spr.cosine_loss(jnp.zeros((1, 2)), jnp.ones((1, 2))), [2.0])  # no NaN at zero
+    assert np.isfinite(jax.grad(lambda p: spr.cosine_loss(p, jnp.ones((1, 2))).sum())(jnp.zeros((1, 2)))).all()
+
+
+def hand_built_replay(done_row: int, truncated: bool, rows: int = 5):
+    """One env, `rows` steps whose episode ends at `done_row`; rewards 1, 2, 4, 8, ..."""
+    example = spr.Transition(jnp.zeros((2, 2, 1), jnp.uint8), jnp.zeros((), jnp.int32), jnp.zeros(()),
+                             jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros((2, 2, 1), jnp.uint8))
+    buffer = replay.init(example, rows, 1)
+    for t in range(rows):
+        end = t == done_row
+        buffer = replay.add(buffer, spr.Transition(
+            jnp.full((1, 2, 2, 1), t, jnp.uint8), jnp.array([t % 3]), jnp.array([2.0 ** t]),
+            jnp.array([end and not truncated]), jnp.array([end and truncated]), jnp.full((1, 2, 2, 1), t + 1,
+                                                                                           jnp.uint8)))
+    return buffer
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_prediction_terms_after_the_episode_end_have_zero_weight(truncated):
+    """A 5-step replay sequence whose episode ends at its third step: targets s_{t+1..t+3} count, s_{t+4..5} not."""
+    buffer = hand_built_replay(done_row=2, truncated=truncated)
+    sequence = replay.sample_sequences(buffer, jax.random.PRNGKey(0), 1, 5)  # the only 5-step sequence
+    np.testing.assert_array_equal(sequence.transitions.action[0], [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(sequence.mask[0], [True, True, True, False, False])
+
+    losses = jax.random.uniform(jax.random.PRNGKey(1), (1, 5))
+    garbage = losses.at[:, 3:].set(1e6)
+    loss = spr.masked_prediction_loss(losses, sequence.mask)
+    np.testing.assert_allclose(loss, losses[0, :3].sum() / 5, rtol=1e-6)
+    np.testing.assert_allclose(spr.masked_prediction_loss(garbage, sequence.mask), loss, rtol=1e-6)
+    weights = jax.grad(lambda x: spr.masked_prediction_loss(x, sequence.mask))(losses)
+    np.testing.assert_allclose(weights[0], [0.2, 0.2, 0.2, 0.0, 0.0])
+
+
+def test_n_step_sample_read_off_a_sequence_stops_at_the_episode_end():
+    gamma = 0.5
+    for done_row, truncated in ((1, False), (1, True), (4, False)):
+        buffer = hand_built_replay(done_row, truncated)
+        sequence = replay.sample_sequences(buffer, jax.random.PRNGKey(0), 1, 5)
+        sample = spr.n_step_from_sequence(sequence, 3, gamma)
+        steps = jax.tree.map(lambda x: x[0], sequence.transitions)
+        # Bootstrapping from V(s') = 10 for every s' must give G^(3)_0 of rlzoo.returns.
+        expected = n_step_returns(steps.reward, jnp.full(5, 10.0), steps.terminated, steps.truncated, gamma, 3)[0]
+        np.testing.assert_allclose(sample.returns + 10.0 * sample.discount, [expected], rtol=1e-6)
+        assert int(sample.last.next_obs[0, 0, 0, 0]) == min(done_row, 2) + 1  # s' of the last step summed
+
+
+def test_random_shift_moves_each_frame_by_at_most_pad_pixels_with_edge_padding():
+    frames = jax.random.uniform(jax.random.PRNGKey(0), (64, 10, 10, 4))
+    shifted = spr.random_shift(jax.random.PRNGKey(1), frames, 1)
+    padded = np.pad(np.asarray(frames), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    windows = np.stack([padded[:, i:i + 10, j:j + 10] for i in range(3) for j in range(3)], axis=1)
+    matches = (np.abs(windows - np.asarray(shifted)[:, None]).max(axis=(2, 3, 4)) == 0)  # [64, 9]
+    assert (matches.sum(axis=1) >= 1).all()
+    assert len(set(matches.argmax(axis=1).tolist())) > 1  # offsets differ between frames
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(k_steps=0), "k_steps=0 is not allowed: K must be >= 1"),
+    (dict(augmentation="crop"), "augmentation='crop' is not allowed: one of none, shift, shift_intensity"),
+    (dict(target="momentum"), "target='momentum' is not allowed: one of ema, online"),
+    (dict(pad=0), "pad=0 is not allowed: must be >= 1 with a shift augmentation"),
+    (dict(loss="mse"), "loss='mse' is not allowed: SPR here learns with c51 or hl_gauss"),
+    (dict(learning_starts=16, num_envs=4, batch_size=4), "batch_size=4 is not allowed: must be <= the 0 sequences"),
+])
+def test_bad_config_is_a_clear_error(options, message):
+    with pytest.raises(ConfigError, match=message):
+        spr.Config(**options)
+
+
+@pytest.mark.parametrize("hparams, message", [
+    (dict(spr_weight=0.0), r"spr_weight=0.0 is not allowed: must lie in \(0, inf\)"),
+    (dict(spr_weight=-5.0), r"spr_weight=-5.0 is not allowed"),
+    (dict(ema_tau=1.0), r"ema_tau=1.0 is not allowed: must lie in \[0, 1\)"),
+    (dict(lr=0.0), r"lr=0.0 is not allowed"),
+])
+def test_bad_hparams_are_a_clear_error(hparams, message):
+    with pytest.raises(ConfigError, match=message):
+        check_hparams(spr.HParams(**hparams))
+
+
+def test_non_image_or_continuous_envs_are_refused():
+    with pytest.raises(ConfigError, match="needs image observations"):
+        spr.make_train(spr.Config(env_id="CartPole-v1"))
+    with pytest.raises(ConfigError, match="SPR needs discrete actions"):
+        spr.make_train(spr.Config(env_id="Pendulum-v1"))
