@@ -45,16 +45,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from rlzoo.algorithms import dqn
 
 from rlzoo import replay
+from rlzoo.algorithms import dqn
 from rlzoo.config import POSITIVE, Range, Trainer, check
-from rlzoo.env_adapter import (
-    VecEnv,
-    make_env,
-    mean_last_episode_length,
-    mean_last_episode_return,
-)
+from rlzoo.env_adapter import VecEnv, make_env, mean_last_episode_length, mean_last_episode_return
 from rlzoo.networks import MinAtarCNN, orthogonal_dense
 
 AUGMENTATIONS = ("none", "shift", "shift_intensity")

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rlzoo.algorithms import spr
 
 from rlzoo import replay
+from rlzoo.algorithms import spr
 from rlzoo.config import ConfigError, check_hparams
 from rlzoo.experiment import run_cli
 from rlzoo.returns import n_step_returns
