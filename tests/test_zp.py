@@ -68,7 +68,7 @@ def test_effective_rank_counts_the_directions_that_hold_99_percent_of_the_singul
 
 def test_only_the_online_target_passes_gradients_through_the_target_encoder():
     config = zp.Config(zp_steps=2)
-    vec_env, network = zp.make_env_and_network(config)
+    _, network = zp.make_env_and_network(config)
     obs = jax.random.normal(jax.random.PRNGKey(0), (8, 2, 20))
     steps = zp.Transition(obs, jnp.zeros((8, 2), jnp.int32), jnp.zeros((8, 2)), jnp.zeros((8, 2), bool),
                           jnp.zeros((8, 2), bool), obs + 1.0)
@@ -78,7 +78,7 @@ def test_only_the_online_target_passes_gradients_through_the_target_encoder():
 
     def grads(target):
         loss = lambda p: zp.zp_loss(zp.Config(zp_steps=2, zp_target=target), network, p, other, sequence)[0]  # noqa: E731
-        return jax.jit(jax.grad(loss))(params)["params"]["encoder"]
+        return jax.grad(loss)(params)["params"]["encoder"]
 
     def frozen_target_grads():  # the detached loss, with the targets computed outside the gradient
         targets = network.apply(params, steps.next_obs, method=zp.ZPNetwork.encode)
@@ -91,12 +91,13 @@ def test_only_the_online_target_passes_gradients_through_the_target_encoder():
                 total = total + jnp.sum(jnp.square(latent - targets[:, k]), -1)
             return jnp.mean(total) / 2
 
-        return jax.jit(jax.grad(loss))(params)["params"]["encoder"]
+        return jax.grad(loss)(params)["params"]["encoder"]
 
-    detached, online, ema = grads("detached"), grads("online"), grads("ema")
+    detached, online, ema, frozen = jax.jit(
+        lambda: (grads("detached"), grads("online"), grads("ema"), frozen_target_grads()))()
     close = lambda a, b: all(np.allclose(x, y, rtol=1e-5, atol=1e-7)  # noqa: E731
                              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    assert close(detached, frozen_target_grads())
+    assert close(detached, frozen)
     assert not close(online, detached)  # online: the target encoder's own gradient is added
     assert not close(ema, detached)  # ema: the targets come from the other (EMA) parameters
 
