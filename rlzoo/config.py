@@ -79,7 +79,7 @@ def check_hparams(hparams: Any, label: str = "") -> None:
         relations(label)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity, so `jax.jit(trainer)` works for any env
 class Trainer:
     """What `make_train(config)` returns.
 
