@@ -73,8 +73,8 @@ class GenerateConfig:
     """Behaviour learner, a key of BEHAVIOUR_LEARNERS."""
     behaviour_timesteps: int = 0
     """Environment steps of behaviour training (0: the learner's default for this env)."""
-    num_snapshots: int = 32
-    """Policy snapshots saved along behaviour training (candidates for medium, and the replay)."""
+    num_snapshots: int = 33
+    """Policy snapshots: the untrained policy, then one after each equal share of training (medium candidates)."""
     medium_score: float = 40.0
     """Normalised score (0 random, 100 expert) the medium snapshot is chosen closest to."""
     eval_episodes: int = 16
@@ -312,9 +312,10 @@ def main(args: list[str] | None = None) -> None:
         behaviour = train_behaviour(config)
         print(f"behaviour {config.learner}: {behaviour.env_steps[-1]:,} env steps in {behaviour.train_s:.1f}s; "
               f"snapshot returns {np.round(behaviour.eval_returns, 1).tolist()}")
-        for tier, metadata in generate(config, behaviour).items():
+        for metadata in generate(config, behaviour).values():
+            score = datasets.normalized_score(metadata, metadata["policy_return"])
             print(f"{metadata['path']}: {metadata['num_transitions']:,} transitions, policy return "
-                  f"{metadata['policy_return']:.1f} (normalised {datasets.normalized_score(metadata, metadata['policy_return']):.1f}), "
+                  f"{metadata['policy_return']:.1f} (normalised {score:.1f}), "
                   f"{metadata['transitions_per_s']:,.0f} transitions/s")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -108,9 +108,9 @@ def init_params(key: jax.Array, obs_dim: int, action_dim: int, config: DynamicsC
                     for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:]))
     biases = tuple(jnp.zeros((config.num_members, n_out)) for n_out in sizes[1:])
     out = obs_dim + 1
+    identity = lambda size: Normalizer(jnp.zeros(size), jnp.ones(size))  # noqa: E731
     return DynamicsParams(weights, biases, jnp.full((config.num_members, out), 0.5),
-                          jnp.full((config.num_members, out), -10.0),
-                          Normalizer(jnp.zeros(sizes[0]), jnp.ones(sizes[0])), Normalizer(jnp.zeros(out), jnp.ones(out)))
+                          jnp.full((config.num_members, out), -10.0), identity(sizes[0]), identity(out))
 
 
 def _normalised_outputs(params: DynamicsParams, obs: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -135,7 +135,8 @@ def predict(params: DynamicsParams, obs: jax.Array, action: jax.Array) -> tuple[
     return mean * params.targets.std + params.targets.mean, log_var + 2 * jnp.log(params.targets.std)
 
 
-def sample_next(params: DynamicsParams, key: jax.Array, obs: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
+def sample_next(params: DynamicsParams, key: jax.Array, obs: jax.Array,
+                action: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(s', r) for each transition from one member drawn uniformly at random: [B, obs_dim] and [B]."""
     member_key, noise_key = jax.random.split(key)
     mean, log_var = predict(params, obs, action)
@@ -215,7 +216,9 @@ def _fit_jitted(params: DynamicsParams, key: jax.Array, obs: jax.Array, action: 
     members, batch = config.num_members, config.batch_size
     steps = min(train.shape[0] // batch, config.max_steps_per_epoch)
     trainable = lambda p: (p.weights, p.biases, p.max_log_var, p.min_log_var)  # noqa: E731
-    with_trainable = lambda p, t: p._replace(weights=t[0], biases=t[1], max_log_var=t[2], min_log_var=t[3])  # noqa: E731
+    def with_trainable(p: DynamicsParams, t: tuple) -> DynamicsParams:
+        return p._replace(weights=t[0], biases=t[1], max_log_var=t[2], min_log_var=t[3])
+
     held_obs, held_action, held_target = obs[held], action[held], targets[held]
 
     def gradient_step(carry, rows):

@@ -79,7 +79,8 @@ def test_files_reload_bit_identically_and_the_checksum_is_verified(pendulum_offl
     path = pendulum_offline.written["medium"]["path"]
     first, metadata = datasets.load(path)
     second, _ = datasets.load(path)
-    assert datasets.checksum(host_arrays(first)) == metadata["checksum"] == pendulum_offline.written["medium"]["checksum"]
+    assert datasets.checksum(host_arrays(first)) == metadata["checksum"]
+    assert metadata["checksum"] == pendulum_offline.written["medium"]["checksum"]
     for key in datasets.KEYS:
         np.testing.assert_array_equal(getattr(first, key), getattr(second, key))
     copy = datasets.save(tmp_path / "copy.hdf5", first, {k: v for k, v in metadata.items() if k != "checksum"})
@@ -99,7 +100,8 @@ def test_a_modified_file_fails_its_checksum_and_a_truncated_one_is_refused(pendu
     with pytest.raises(DatasetError, match=r"edited\.hdf5: key 'checksum' does not match"):
         datasets.load(edited)
     truncated = tmp_path / "truncated.hdf5"
-    truncated.write_bytes(open(original, "rb").read()[: os.path.getsize(original) // 2])
+    with open(original, "rb") as source:
+        truncated.write_bytes(source.read()[: os.path.getsize(original) // 2])
     with pytest.raises(DatasetError, match=r"truncated\.hdf5: .*(cannot be read|truncated)"):
         datasets.load(truncated)
     not_hdf5 = tmp_path / "notes.hdf5"
@@ -124,7 +126,8 @@ def test_loading_opens_the_file_read_only(pendulum_offline, tmp_path):
 @pytest.mark.parametrize("damage, key, message", [
     (lambda a: a.pop("rewards"), "rewards", "is missing"),
     (lambda a: a.pop("observations"), "observations", "is missing"),
-    (lambda a: a["observations"].__setitem__((4, 1), np.nan), "observations", r"NaN or infinite values \(first at row 4\)"),
+    (lambda a: a["observations"].__setitem__((4, 1), np.nan), "observations",
+     r"NaN or infinite values \(first at row 4\)"),
     (lambda a: a["rewards"].__setitem__(7, np.inf), "rewards", "NaN or infinite"),
     (lambda a: a.__setitem__("actions", a["actions"][:-1]), "actions", "has 11 rows but 'rewards' has 12"),
     (lambda a: a.__setitem__("rewards", np.array([b"1.0"] * 12)), "rewards", "dtype .* is not allowed"),
