@@ -194,10 +194,7 @@ def _read_ours_or_d4rl(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any
         if has_next:
             arrays["next_observations"] = _read(path, f, "next_observations")
     if not has_next:
-        for key in ("observations", "timeouts"):
-            _check_array(path, key, arrays[key])
-        if arrays["observations"].shape[0] != arrays["timeouts"].shape[0]:
-            _check_lengths(path, {**arrays, "next_observations": arrays["observations"]})
+        _check_lengths(path, {**arrays, "next_observations": arrays["observations"]})
         keep = ~arrays["timeouts"][:-1].astype(bool)
         arrays = {key: value[:-1][keep] for key, value in arrays.items()} | {
             "next_observations": arrays["observations"][1:][keep]}
@@ -311,11 +308,14 @@ def load(path: str | Path, normalize_obs: bool = False) -> tuple[Dataset, dict[s
     observations the same way (`obs_stats(metadata)`).
     """
     source = _resolve(path)
-    if source.is_dir():
-        arrays, metadata = _read_minari(source)
-        source = source / MINARI_FILE
-    else:
-        arrays, metadata = _read_ours_or_d4rl(source)
+    try:
+        if source.is_dir():
+            arrays, metadata = _read_minari(source)
+            source = source / MINARI_FILE
+        else:
+            arrays, metadata = _read_ours_or_d4rl(source)
+    except OSError as error:  # h5py's errors for damaged files that open but cannot be walked
+        raise DatasetError(f"{source}: cannot be read ({error}); is it truncated or damaged?") from None
     for key in KEYS:
         _check_array(source, key, arrays[key])
     _check_lengths(source, arrays)

@@ -270,3 +270,10 @@ def test_sampled_minibatches_are_whole_rows_of_the_dataset(tmp_path):
     np.testing.assert_array_equal(batch.actions, arrays["actions"][rows])
     np.testing.assert_array_equal(batch.next_observations, arrays["next_observations"][rows])
     assert len(set(rows)) > 25  # drawn across the dataset, not one row
+
+
+def test_a_d4rl_file_with_a_short_key_is_refused_before_pairing_rows(tmp_path):
+    arrays = d4rl_arrays()
+    arrays["actions"] = arrays["actions"][:-2]
+    with pytest.raises(DatasetError, match=r"short\.hdf5: key 'actions' has 10 rows but 'rewards' has 12"):
+        datasets.load(write_hdf5(tmp_path / "short.hdf5", arrays))
