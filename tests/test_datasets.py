@@ -277,3 +277,17 @@ def test_a_d4rl_file_with_a_short_key_is_refused_before_pairing_rows(tmp_path):
     arrays["actions"] = arrays["actions"][:-2]
     with pytest.raises(DatasetError, match=r"short\.hdf5: key 'actions' has 10 rows but 'rewards' has 12"):
         datasets.load(write_hdf5(tmp_path / "short.hdf5", arrays))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"tiers": ("medium", "hard")}, r"tiers=\('medium', 'hard'\) is not allowed: each one of random, medium"),
+    ({"tier_size": 1000, "num_envs": 3}, r"num_envs=3 is not allowed: must be >= 1 and divide tier_size \(1000\)"),
+    ({"medium_score": 100.0}, r"medium_score=100.0 is not allowed: must lie in \(0, 100\)"),
+    ({"learner": "dqn"}, "learner='dqn' is not allowed: one of ppo"),
+])
+def test_bad_generation_settings_are_clear_errors(options, message):
+    from rlzoo.config import ConfigError
+    from rlzoo.envs.offline import GenerateConfig
+
+    with pytest.raises(ConfigError, match=message):
+        GenerateConfig(**options)
