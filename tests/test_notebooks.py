@@ -21,4 +21,4 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "sweep_and_report"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "sweep_and_report", "offline_rl"}
