@@ -11,7 +11,8 @@ Not here: policies, rollouts or anything that learns; and no rendering.
 
 Ids: gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, ...), `brax/<name>` (e.g.
 `brax/hopper`; backend `positional` unless `backend=` says otherwise), and the
-ids in `rlzoo.envs.REGISTRY`.
+ids in `rlzoo.envs.REGISTRY`; `meta/<id>` wraps any of them in the meta-RL wrapper
+of `rlzoo.envs.meta` (random projections per episode, 4 trials).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from rlzoo.config import ConfigError
 
 BRAX_PREFIX = "brax/"
+META_PREFIX = "meta/"  # meta-RL wrapper over any id: rlzoo.envs.meta.MetaRLEnv, 4 trials
 BRAX_BACKENDS = ("positional", "generalized", "spring", "mjx")
 
 
@@ -188,6 +190,10 @@ def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int
     `backend` and `max_episode_steps` apply to brax ids only (gymnax and our envs
     carry their own time limit in their params).
     """
+    if env_id.startswith(META_PREFIX):
+        from rlzoo.envs.meta import MetaRLEnv
+
+        return MetaRLEnv(make_env(env_id[len(META_PREFIX):], backend=backend, max_episode_steps=max_episode_steps))
     if env_id.startswith(BRAX_PREFIX):
         if max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be >= 1, got {max_episode_steps}")

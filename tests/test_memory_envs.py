@@ -137,3 +137,43 @@ def test_every_task_and_level_is_registered_with_the_env_adapter():
             assert f"{task}-{level}" in REGISTRY
     spec = make_env("RepeatPrevious-Hard").spec
     assert spec.obs_shape == (4,) and spec.num_actions == 4 and spec.max_episode_steps == 3 * 52 + 1
+
+
+def test_meta_wrapper_runs_trials_under_one_projection_and_draws_a_new_one_per_meta_episode():
+    from rlzoo.envs.meta import MetaRLEnv
+
+    env = MetaRLEnv(make_env("CartPole-v1"), num_trials=3)
+    assert env.spec.obs_shape == (4 + 2 + 2,)
+    state, obs = env.reset(jax.random.PRNGKey(10))
+    np.testing.assert_allclose(obs[:4], state.obs_projection @ env.env.reset(jax.random.split(
+        jax.random.PRNGKey(10))[1])[1], atol=1e-6)
+
+    def step(state, key):
+        action_key, step_key = jax.random.split(key)
+        action = jax.random.randint(action_key, (), 0, 2)
+        next_state, obs, reward, terminated, truncated, final = env.step(step_key, state, action)
+        return next_state, (obs, reward, terminated, truncated, state.obs_projection, action, final)
+
+    _, (obs, reward, terminated, truncated, projection, action, final) = jax.jit(
+        lambda s: jax.lax.scan(step, s, jax.random.split(jax.random.PRNGKey(11), 600)))(state)
+    trial_flag = np.asarray(final[:, -1])
+    ends = np.asarray(terminated).nonzero()[0]
+    assert len(ends) >= 2 and not np.asarray(truncated).any()
+    for start, end in zip(np.r_[0, ends[:-1] + 1], ends):
+        assert trial_flag[start:end + 1].sum() == 3 and trial_flag[end] == 1  # the 3rd trial's end ends it
+        np.testing.assert_array_equal(projection[start], projection[end])  # one projection per meta-episode
+    assert not np.allclose(projection[0], projection[ends[0] + 1])  # a new one after
+    np.testing.assert_allclose(final[:, 4:6], jax.nn.one_hot(action, 2))  # previous action, one-hot
+    np.testing.assert_allclose(final[:, 6], reward)  # previous reward
+
+
+def test_meta_wrapper_projects_continuous_actions_and_works_over_brax():
+    env = make_env("meta/Pendulum-v1")
+    assert env.spec.obs_shape == (3 + 1 + 2,) and env.spec.max_episode_steps == 4 * 200
+    state, _ = env.reset(jax.random.PRNGKey(12))
+    assert state.action_projection.shape == (1, 1)
+    brax_env = make_env("meta/brax/inverted_pendulum")
+    state, obs = brax_env.reset(jax.random.PRNGKey(13))
+    assert obs.shape == brax_env.spec.obs_shape == (4 + 1 + 2,)
+    _, obs, *_ = jax.jit(brax_env.step)(jax.random.PRNGKey(14), state, jnp.ones((1,)))
+    assert np.isfinite(np.asarray(obs)).all()
