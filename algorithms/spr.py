@@ -257,8 +257,7 @@ def n_step_from_sequence(sequence: replay.SequenceSample, n: int, gamma) -> repl
     powers = jnp.asarray(gamma, jnp.float32) ** jnp.arange(n + 1, dtype=jnp.float32)
     returns = jnp.sum(alive * powers[:n] * steps.reward[:, :n], axis=1)
     m = jnp.sum(alive, axis=1).astype(jnp.int32)  # >= 1
-    take = lambda x: jnp.take_along_axis(x, (m - 1).reshape(-1, *([1] * (x.ndim - 1))), axis=1).squeeze(1)  # noqa: E731
-    last = jax.tree.map(take, steps)
+    last = jax.tree.map(lambda x: x[jnp.arange(x.shape[0]), m - 1], steps)  # step t + m - 1
     discount = powers[m] * (1.0 - last.terminated.astype(jnp.float32))
     first = jax.tree.map(lambda x: x[:, 0], steps)
     return replay.NStepSample(sequence.indices, first, last, returns, discount, jnp.ones_like(returns))

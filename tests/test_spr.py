@@ -2,11 +2,13 @@
 2 - 2 cos and gives no weight to steps after an episode's end; its inputs are checked."""
 
 import csv
+import functools
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from rlzoo import replay
@@ -48,14 +50,14 @@ def test_spr_runs_end_to_end_on_breakout_minatar_and_keeps_the_run_folder_contra
             assert np.isfinite(column(rows, name, seed)).all(), name
 
 
-def test_the_k_step_prediction_loss_falls_by_more_than_half_during_learning(breakout_run):
-    """Mean spr_loss over the first vs the last 20% of the learning updates (measured: about 1.3 -> 0.05)."""
+def test_the_k_step_prediction_loss_falls_at_least_fourfold_during_learning(breakout_run):
+    """Mean spr_loss over the first vs the last 20% of the learning updates (measured: about 0.55 -> 0.03)."""
     _, _, rows = breakout_run
     for seed in (0, 1):
         loss = column(rows, "spr_loss", seed)[column(rows, "learning", seed) == 1]
         fifth = len(loss) // 5
         early, late = loss[:fifth].mean(), loss[-fifth:].mean()
-        assert late < 0.5 * early, (seed, early, late)
+        assert late < 0.25 * early, (seed, early, late)
 
 
 def test_cosine_loss_is_two_minus_twice_the_cosine():
@@ -67,6 +69,7 @@ def test_cosine_loss_is_two_minus_twice_the_cosine():
     assert np.isfinite(jax.grad(lambda p: spr.cosine_loss(p, jnp.ones((1, 2))).sum())(jnp.zeros((1, 2)))).all()
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def hand_built_replay(done_row: int, truncated: bool, rows: int = 5):
     """One env, `rows` steps whose episode ends at `done_row`; rewards 1, 2, 4, 8, ..."""
     example = spr.Transition(jnp.zeros((2, 2, 1), jnp.uint8), jnp.zeros((), jnp.int32), jnp.zeros(()),
@@ -119,6 +122,29 @@ def test_random_shift_moves_each_frame_by_at_most_pad_pixels_with_edge_padding()
     matches = (np.abs(windows - np.asarray(shifted)[:, None]).max(axis=(2, 3, 4)) == 0)  # [64, 9]
     assert (matches.sum(axis=1) >= 1).all()
     assert len(set(matches.argmax(axis=1).tolist())) > 1  # offsets differ between frames
+
+
+def test_the_prediction_loss_trains_the_online_networks_and_never_the_target():
+    """Gradients reach the transition model, projection and predictor; the target encoder gets none."""
+    config = spr.Config(k_steps=3, augmentation="shift_intensity", transition_channels=4)
+    network = spr.SPRNetwork(num_actions=3, num_atoms=config.num_atoms, transition_channels=4)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    frames = (jax.random.uniform(keys[0], (2, 4, 10, 10, 4)) < 0.1).astype(jnp.uint8)  # B=2 sequences of L=4
+    steps = spr.Transition(frames, jax.random.randint(keys[1], (2, 4), 0, 3), jnp.zeros((2, 4)),
+                           jnp.zeros((2, 4), bool), jnp.zeros((2, 4), bool), jnp.roll(frames, -1, axis=1))
+    sequence = replay.SequenceSample(replay.SlotIndex(jnp.zeros(2, jnp.int32), jnp.arange(2)), steps,
+                                     jnp.ones((2, 4), bool))
+    params = network.init(keys[2], frames[:, 0], steps.action[:, 0], method=spr.SPRNetwork.initialize)
+    target_params = jax.tree.map(lambda x: x + 0.1, params)
+    first = spr.augment(config, keys[3], frames[:, 0])
+
+    loss = lambda online, target: spr.spr_loss(config, network, online, target, sequence, first, keys[3])  # noqa: E731
+    online_grads, target_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, target_params)
+    norms = {name: float(optax.global_norm(g)) for name, g in online_grads["params"].items()}
+    for name in ("encoder", "transition_hidden", "transition_out", "projection", "predictor"):
+        assert norms[name] > 0, (name, norms)
+    assert norms["q_head"] == 0  # the prediction loss does not touch the C51 head
+    assert float(optax.global_norm(target_grads)) == 0
 
 
 @pytest.mark.parametrize("options, message", [
