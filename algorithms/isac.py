@@ -6,7 +6,7 @@
 SAC's critic learns one soft Bellman iteration at a time. Here K online critics
 Q_1..Q_K learn K consecutive iterations at once: with frozen targets
 Q_bar_0..Q_bar_{K-1}, head k regresses on the soft Bellman target of the frozen
-head before it (i-QN's eq. 3 with SAC's target, eq. 3 of Haarnoja et al., 2018):
+head before it (i-QN's eq. 3 with SAC's soft target, Haarnoja et al., 2018):
 
     L = sum_k E[(r + gamma (1 - term) (min_j Q_bar_{k-1,j}(s', a') - alpha log pi(a'|s')) - Q_{k,j}(s, a))^2] / 2,
 

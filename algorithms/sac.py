@@ -8,10 +8,10 @@ Per update: one vectorised step of `num_envs` environments into a replay buffer
 (uniformly random actions until `learning_starts` env steps have been taken), then
 `utd_ratio` gradient steps, each on a fresh minibatch:
 
-1. critics: twin Q_1, Q_2 regress on the soft Bellman target (paper eq. 3 with the
+1. critics: twin Q_1, Q_2 regress on the soft Bellman target (J_Q of Sec. 4.2, with the
    clipped double-Q of Fujimoto et al., 2018)
        y = r + gamma (1 - term) (min_j Q_bar_j(s', a') - alpha log pi(a'|s')),   a' ~ pi(.|s');
-2. actor, against the updated critics (eq. 7 with the reparameterised action of eq. 11)
+2. actor, against the updated critics (J_pi of Sec. 4.2, with reparameterised actions)
        J_pi = E[alpha log pi(a|s) - min_j Q_j(s, a)],   a = tanh(mu(s) + sigma(s) eps);
 3. temperature (eq. 18): J(alpha) = E[-alpha (log pi(a|s) + H_target)], with
    H_target = target_entropy_per_dim * action_dim (-action_dim by default), taken on
@@ -178,7 +178,7 @@ TwinCritic = nn.vmap(QCritic, variable_axes={"params": 0}, split_rngs={"params":
 
 
 def squashed_gaussian(mean: jax.Array, log_std: jax.Array) -> distrax.Distribution:
-    """The tanh-squashed diagonal Gaussian; its log-prob includes the tanh Jacobian (SAC appendix C, eq. 21)."""
+    """The tanh-squashed diagonal Gaussian; its log-prob includes the tanh Jacobian (SAC, appendix C)."""
     return distrax.Transformed(distrax.MultivariateNormalDiag(mean, jnp.exp(log_std)),
                                distrax.Block(distrax.Tanh(), ndims=1))
 
@@ -203,20 +203,20 @@ def polyak(target, online, tau):
 
 def soft_q_target(reward: jax.Array, discount: jax.Array, next_q: jax.Array, next_log_prob: jax.Array,
                   alpha: jax.Array) -> jax.Array:
-    """y = r + discount (min_j Q_bar_j(s', a') - alpha log pi(a'|s')), discount = gamma (1 - term) (eq. 3)."""
+    """y = r + discount (min_j Q_bar_j(s', a') - alpha log pi(a'|s')), discount = gamma (1 - term) (Sec. 4.2)."""
     chex.assert_equal_shape([reward, discount, next_log_prob])
     return jax.lax.stop_gradient(reward + discount * (next_q.min(axis=0) - alpha * next_log_prob))
 
 
 def critic_loss(critic: nn.Module, params, obs: jax.Array, action: jax.Array, target: jax.Array):
-    """sum_j E[(Q_j(s, a) - y)^2] / 2 over the twin critics (eq. 5); returns (loss, mean Q)."""
+    """sum_j E[(Q_j(s, a) - y)^2] / 2 over the twin critics (J_Q, Sec. 4.2); returns (loss, mean Q)."""
     q = critic.apply(params, obs, action)  # [2, B]
     chex.assert_shape(q, (2, *target.shape))
     return jnp.sum(jnp.mean(0.5 * jnp.square(q - target), axis=-1)), jnp.mean(q)
 
 
 def actor_loss(actor: SquashedGaussianActor, actor_params, q_fn, obs: jax.Array, key: jax.Array, alpha: jax.Array):
-    """J_pi = E[alpha log pi(a|s) - min_j Q_j(s, a)] (eq. 7 and 11); returns (loss, log pi of the batch)."""
+    """J_pi = E[alpha log pi(a|s) - min_j Q_j(s, a)] (J_pi, Sec. 4.2); returns (loss, log pi of the batch)."""
     action, log_prob = sample_action(actor, actor_params, obs, key)
     return jnp.mean(alpha * log_prob - q_fn(obs, action).min(axis=0)), log_prob
 
@@ -313,7 +313,7 @@ def learn(config: OffPolicyConfig, state: TrainState, learning_starts_updates: i
 
 def improve_policy(config: Config, actor: SquashedGaussianActor, learner: Learner, q_fn, obs: jax.Array,
                    key: jax.Array, hp: HParams) -> tuple[Learner, dict[str, jax.Array]]:
-    """One Adam step on the actor (eq. 7) against `q_fn`, then one on log alpha (eq. 18) unless alpha is fixed."""
+    """One Adam step on the actor (J_pi) against `q_fn`, then one on log alpha (eq. 18) unless alpha is fixed."""
     alpha = jnp.exp(learner.log_alpha)
     (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, argnums=1, has_aux=True)(
         actor, learner.actor_params, q_fn, obs, key, alpha)

@@ -8,7 +8,7 @@ Per update: one vectorised step of `num_envs` environments into a replay buffer
 a = clip(mu(s) + N(0, exploration_noise^2), -1, 1)), then `utd_ratio` gradient steps:
 
 1. twin critics regress on the clipped double-Q target with target policy smoothing
-   (Algorithm 1 of the paper, eq. 14-15)
+   (Algorithm 1 of the paper; clipped double-Q, eq. 10; smoothing, eq. 14)
        a' = clip(mu_bar(s') + clip(N(0, policy_noise^2), -noise_clip, noise_clip), -1, 1),
        y  = r + gamma (1 - term) min_j Q_bar_j(s', a');
 2. every `policy_delay` gradient steps (delayed policy updates, section 5.2): the actor

@@ -1,6 +1,7 @@
 """Facts about i-SAC (SAC with iterated critics): K = 1 is SAC, K = 3 trains, the window rolls, inputs are checked."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,8 +49,8 @@ def test_isac_with_three_critic_pairs_runs_end_to_end():
 
 
 def test_rolling_shifts_every_pair_down_by_one_and_moves_the_oldest_target():
-    params = {"w": np.arange(3.0)[:, None] * np.ones((3, 2))}  # pairs Q_1, Q_2, Q_3 hold 0, 1, 2
-    targets = {"w": np.full((3, 2), -1.0)}
+    params = {"w": jnp.arange(3.0)[:, None] * jnp.ones((3, 2))}  # pairs Q_1, Q_2, Q_3 hold 0, 1, 2
+    targets = {"w": jnp.full((3, 2), -1.0)}
     rolled_targets, rolled = isac.roll(targets, params, 1.0)
     np.testing.assert_array_equal(rolled["w"][:, 0], [1.0, 2.0, 2.0])  # Q_k <- Q_{k+1}; the last keeps its weights
     np.testing.assert_array_equal(rolled_targets["w"][:, 0], [0.0, -1.0, -1.0])  # Q_bar_0 <- Q_1

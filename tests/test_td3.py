@@ -8,21 +8,36 @@ import pytest
 from rlzoo.algorithms.td3 import Config, HParams, make_train, smoothed_target_action
 from rlzoo.config import ConfigError, check_hparams
 from rlzoo.experiment import run_cli
-from tests.test_sac import greedy_return, train_two_seeds
+from tests.test_sac import FILES, RUN, final_eval_returns, read_rows
 
-# A CPU test budget: small networks, two gradient steps per vectorised env step (one actor step in two).
-BUDGET = dict(total_timesteps=16_000, learning_starts=1_000, hidden_sizes=(64, 64), utd_ratio=2)
-BUDGET_HPARAMS = HParams(actor_lr=1e-3, critic_lr=1e-3)
+# A CPU test budget (Pendulum-v1, 2 seeds): 2x64 networks, two gradient steps per vectorised step of 4 envs
+# (one actor step in two).
+BUDGET = ["--total-timesteps", "16000", "--learning-starts", "1000", "--hidden-sizes", "64", "64",
+          "--utd-ratio", "2", "--actor-lr", "1e-3", "--critic-lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def td3_run(tmp_path_factory):
+    """One CLI run of TD3 on Pendulum-v1 with two vmapped seeds, shared by the tests that check it."""
+    run_dir = tmp_path_factory.mktemp("runs") / "td3"
+    summary = run_cli("td3", Config, HParams, make_train, args=[*BUDGET, *RUN, "--run-dir", str(run_dir)])
+    return run_dir, summary
+
+
+def test_td3_keeps_the_run_folder_contract(td3_run):
+    run_dir, summary = td3_run
+    for name in FILES:
+        assert (run_dir / name).exists(), name
+    assert summary["env_steps"] == 16_000 and np.isfinite(summary["final_eval_return"])
+    rows = read_rows(run_dir / "metrics.csv")
+    assert len(rows) == 2 * 4000 and np.isfinite([float(r["critic_loss"]) for r in rows]).all()
 
 
 @pytest.mark.slow
-def test_td3_reaches_minus_250_on_pendulum_on_each_of_two_seeds():
-    """Greedy policy mu(s) at the end of training, on fresh episodes; random play gets about -1200."""
-    trainer = make_train(Config(**BUDGET))
-    state, metrics = train_two_seeds(trainer, BUDGET_HPARAMS)
-    assert np.isfinite(np.asarray(metrics["critic_loss"])).all()
-    returns = greedy_return(trainer, state)
-    assert (returns >= -250).all(), returns
+def test_td3_reaches_minus_250_on_pendulum_on_each_of_two_seeds(td3_run):
+    """The final greedy policy mu(s) on 16 fresh episodes per seed; random play gets about -1200."""
+    returns = final_eval_returns(td3_run[0])
+    assert returns.shape == (2,) and (returns >= -250).all(), returns
 
 
 def test_target_policy_smoothing_noise_is_clipped_and_actions_stay_in_bounds():
@@ -32,7 +47,7 @@ def test_target_policy_smoothing_noise_is_clipped_and_actions_stay_in_bounds():
     noise = smoothed - np.asarray(target_action)
     assert (np.abs(noise) <= 0.5 + 1e-6).all() and (np.abs(smoothed) <= 1.0).all()
     assert np.abs(noise[5000:10000]).max() > 0.49  # std 1 noise does reach the clip
-    assert np.abs(noise[10000:15000].std() - 0.4) < 0.05  # a clipped N(0, 1) has std about 0.40 at c = 0.5
+    assert np.abs(noise[10000:15000].std() - 0.43) < 0.02  # N(0, 1) clipped to [-0.5, 0.5] has std 0.43
 
 
 @pytest.mark.parametrize("options, message", [
@@ -52,12 +67,3 @@ def test_bad_hparams_are_a_clear_error():
 def test_discrete_actions_are_refused():
     with pytest.raises(ConfigError, match="env_id='CartPole-v1' is not allowed: SAC, TD3 and i-SAC need continuous"):
         make_train(Config(env_id="CartPole-v1"))
-
-
-def test_td3_keeps_the_run_folder_contract(tmp_path):
-    summary = run_cli("td3", Config, HParams, make_train, args=[
-        "--total-timesteps", "2000", "--learning-starts", "500", "--hidden-sizes", "32", "32", "--batch-size", "64",
-        "--num-chunks", "2", "--no-progress", "--run-dir", str(tmp_path / "td3"), "--num-seeds", "2"])
-    for name in ("config.json", "metrics.csv", "summary.json", "eval.csv", "learning_curve.png"):
-        assert (tmp_path / "td3" / name).exists(), name
-    assert summary["env_steps"] == 2000 and np.isfinite(summary["final_eval_return"])
