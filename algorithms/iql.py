@@ -137,18 +137,16 @@ def expectile_loss(diff: jax.Array, expectile: jax.Array) -> jax.Array:
 
 def value_loss(nets: Networks, value_params: Any, target_q: jax.Array, batch: datasets.Dataset, hp: HParams):
     """E[L2_tau(min_j Q_bar_j(s, a) - V(s))] (eq. 5); `target_q` is min_j Q_bar_j(s, a)."""
-    q = target_q
     v = nets.value.apply(value_params, batch.observations)
-    loss = expectile_loss(q - v, hp.expectile).mean()
+    loss = expectile_loss(target_q - v, hp.expectile).mean()
     return loss, {"value_loss": loss, "v_mean": v.mean()}
 
 
 def advantage_weights(nets: Networks, value_params: Any, target_q: jax.Array, batch: datasets.Dataset,
                       hp: HParams) -> jax.Array:
     """min(exp(beta (min_j Q_bar_j(s, a) - V(s))), max_weight), without gradient (eq. 7)."""
-    q = target_q
     v = nets.value.apply(value_params, batch.observations)
-    return jax.lax.stop_gradient(jnp.minimum(jnp.exp(hp.beta * (q - v)), hp.max_weight))
+    return jax.lax.stop_gradient(jnp.minimum(jnp.exp(hp.beta * (target_q - v)), hp.max_weight))
 
 
 def actor_loss(nets: Networks, actor_params: Any, weights: jax.Array, batch: datasets.Dataset):
