@@ -67,8 +67,8 @@ class Config:
     """Gradient steps between evaluations (one row of metrics.csv each)."""
     batch_size: int = 256
     """Minibatch size."""
-    eval_episodes: int = 10
-    """Evaluation episodes after each update of steps_per_update gradient steps (0: none)."""
+    episodes_per_eval: int = 10
+    """Evaluation episodes after each update of steps_per_update gradient steps (0: none; metrics' episode_return)."""
     normalize_obs: bool = False
     """Standardise observations by the dataset's mean and std (the policy applies the same to raw observations)."""
     num_sampled_actions: int = 10
@@ -89,7 +89,7 @@ class Config:
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         check(self.total_updates >= self.steps_per_update, "total_updates", self.total_updates,
               f"must be >= steps_per_update ({self.steps_per_update})")
-        check(self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, "must be >= 0")
+        check(self.episodes_per_eval >= 0, "episodes_per_eval", self.episodes_per_eval, "must be >= 0")
         check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
         check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
 
@@ -298,7 +298,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
 
     return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
                         steps_per_update=config.steps_per_update, batch_size=config.batch_size,
-                        eval_episodes=config.eval_episodes)
+                        eval_episodes=config.episodes_per_eval)
 
 
 def main() -> None:

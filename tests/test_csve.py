@@ -1,0 +1,156 @@
+"""Facts about CSVE on the Pendulum-v1 medium dataset: it beats behaviour cloning, its V stays below the
+behaviour policy's Monte Carlo return, and its inputs are checked
+(that its update never leaves the device is tested in test_offline_baselines.py).
+
+One CLI run (2 seeds, 3,000 gradient steps, small networks) is shared by the learning, conservatism and
+run-folder tests; BC is trained on the same data with the same budget in this module. Settings that differ
+from the paper's defaults to fit a CPU test: gamma 0.95 (values converge in few steps), tau 0.02,
+lr 1e-3, 2x64 MLPs, and a 3-member 2x64 dynamics ensemble trained for at most 10 x 200 steps.
+"""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from rlzoo import datasets
+from rlzoo.algorithms import bc, csve
+from rlzoo.config import ConfigError, check_hparams
+from rlzoo.experiment import load_run, run_cli
+
+GAMMA = 0.95
+STEPS = 3_000
+EVAL_EPISODES = 100  # per seed, at the end of each update of 1,500 gradient steps
+SMALL = ["--hidden-sizes", "64", "64", "--total-updates", str(STEPS), "--steps-per-update", str(STEPS // 2),
+         "--episodes-per-eval", str(EVAL_EPISODES), "--num-seeds", "2", "--no-progress"]
+CSVE_TEST_SETTINGS = ["--model-members", "3", "--model-hidden-sizes", "64", "64", "--model-max-epochs", "10",
+                      "--model-steps-per-epoch", "200", "--gamma", str(GAMMA), "--tau", "0.02", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def medium(pendulum_offline) -> str:
+    return pendulum_offline.written["medium"]["path"]
+
+
+@pytest.fixture(scope="module")
+def csve_run(medium, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("csve") / "run"
+    summary = run_cli("csve", csve.Config, csve.HParams, csve.make_train,
+                      args=["--dataset", medium, *SMALL, *CSVE_TEST_SETTINGS, "--num-chunks", "2",
+                            "--eval-episodes", "2", "--run-dir", str(run_dir)])
+    return run_dir, summary
+
+
+def final_scores(run_dir) -> np.ndarray:
+    """[seeds] normalised score of the last update's evaluation, from metrics.csv."""
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    last = max(int(r["update"]) for r in rows)
+    return np.array([float(r["normalized_score"]) for r in sorted(rows, key=lambda r: int(r["seed"]))
+                     if int(r["update"]) == last])
+
+
+@pytest.fixture(scope="module")
+def bc_scores(medium) -> np.ndarray:
+    """[seeds] BC's final normalised score, same data, budget, network and evaluation as the CSVE run."""
+    config = bc.Config(dataset=medium, total_updates=STEPS, steps_per_update=STEPS, episodes_per_eval=EVAL_EPISODES,
+                       hidden_sizes=(64, 64))
+    _, metrics = jax.jit(jax.vmap(bc.make_train(config), in_axes=(0, None)))(
+        jax.random.split(jax.random.PRNGKey(0), 2), bc.HParams())
+    return np.asarray(metrics["normalized_score"][:, -1])
+
+
+def discounted_returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = r_t + gamma G_{t+1}, restarting after each episode end (terminal or timeout), over a flat dataset."""
+    returns = np.zeros_like(rewards, dtype=np.float64)
+    following = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        following = rewards[t] + gamma * (0.0 if episode_ends[t] else following)
+        returns[t] = following
+    return returns
+
+
+def steps_to_episode_end(episode_ends: np.ndarray) -> np.ndarray:
+    remaining = np.zeros(len(episode_ends), np.int64)
+    for t in range(len(episode_ends) - 2, -1, -1):
+        remaining[t] = 0 if episode_ends[t] else remaining[t + 1] + 1
+    return remaining
+
+
+def test_monte_carlo_returns_restart_at_terminals_and_timeouts():
+    rewards = np.array([1.0, 1.0, 1.0, 2.0, 2.0])
+    ends = np.array([False, False, True, False, True])
+    np.testing.assert_allclose(discounted_returns_to_go(rewards, ends, 0.5), [1.75, 1.5, 1.0, 3.0, 2.0])
+    np.testing.assert_array_equal(steps_to_episode_end(ends), [2, 1, 0, 1, 0])
+
+
+def test_csve_beats_behaviour_cloning_on_both_seeds(csve_run, bc_scores):
+    scores = final_scores(csve_run[0])
+    print(f"CSVE {scores}, BC {bc_scores}")
+    assert scores.shape == (2,)
+    assert scores.min() > bc_scores.max() + 5.0, (scores, bc_scores)
+
+
+def test_csve_state_values_stay_below_the_behaviour_policys_monte_carlo_return(csve_run, medium):
+    """Conservatism, measured: mean V(s) over dataset states <= the behaviour's discounted return from them + 5%.
+
+    Only states at least 50 steps before their episode's end count, so that the cut-off
+    tail of a truncated episode (gamma^50 < 0.01 of it) cannot lower the Monte Carlo return.
+    """
+    loaded = load_run(csve_run[0], csve.make_train, csve.Config, csve.HParams)
+    dataset, _ = datasets.load(medium)
+    ends = np.asarray(dataset.terminals) | np.asarray(dataset.timeouts)
+    monte_carlo = discounted_returns_to_go(np.asarray(dataset.rewards), ends, GAMMA)
+    far_from_end = steps_to_episode_end(ends) >= 50
+    values = np.asarray(jax.vmap(lambda learner: csve.state_values(loaded.config, learner, dataset.observations))(
+        loaded.state.learner))  # [seeds, N]
+    mean_v, mean_mc = values[:, far_from_end].mean(axis=1), monte_carlo[far_from_end].mean()
+    print(f"mean V {mean_v}, behaviour Monte Carlo {mean_mc:.2f}")
+    assert mean_mc < 0  # Pendulum's rewards are negative: the margin below is 5% of |MC|
+    assert (mean_v <= mean_mc + 0.05 * abs(mean_mc)).all(), (mean_v, mean_mc)
+
+
+def test_csve_run_keeps_the_run_folder_contract(csve_run):
+    run_dir, summary = csve_run
+    for name in ("config.json", "metrics.csv", "summary.json", "eval.csv", "learning_curve.png"):
+        assert (run_dir / name).exists(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algo"] == "csve" and config["hparams"]["gamma"] == GAMMA and config["config"]["model_members"] == 3
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["env_steps"]) for r in rows] == [1_500, 1_500, 3_000, 3_000]  # gradient steps
+    for column in ("episode_return", "normalized_score", "value_loss", "value_gap", "alpha", "critic_loss",
+                   "exploration_loss"):
+        assert all(np.isfinite(float(r[column])) for r in rows), column
+    assert summary["env_steps"] == STEPS and len(summary["final_return_per_seed"]["default"]) == 2
+
+
+def test_the_lagrange_multiplier_shrinks_while_the_value_gap_is_below_its_threshold(csve_run):
+    """alpha follows -dL_alpha/dalpha = c gap - tau_th: with c gap << tau_th it decreases from its initial 10."""
+    with open(csve_run[0] / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    gaps, alphas = np.array([float(r["value_gap"]) for r in rows]), np.array([float(r["alpha"]) for r in rows])
+    assert (5.0 * gaps < 10.0).all(), gaps
+    assert (alphas < 10.0).all() and (alphas > 0.0).all(), alphas
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(model_members=0), "model_members=0 is not allowed"),
+    (dict(total_updates=10, steps_per_update=100), "total_updates=10 is not allowed"),
+    (dict(model_hidden_sizes=(64, 0)), "model_hidden_sizes=(64, 0) is not allowed"),
+    (dict(episodes_per_eval=-1), "episodes_per_eval=-1 is not allowed"),
+])
+def test_bad_config_is_a_clear_error(options, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        csve.Config(dataset="unused.hdf5", env_id="none", **options)
+
+
+@pytest.mark.parametrize("field, value", [("gap_coef", -1.0), ("explore_coef", -0.5), ("bc_coef", -1.0),
+                                          ("init_alpha", 0.0), ("alpha_lr", 0.0), ("gamma", 1.5),
+                                          ("gap_threshold", -10.0), ("beta", -3.0)])
+def test_bad_coefficients_are_a_clear_error(field, value):
+    with pytest.raises(ConfigError, match=f"{field}={value} is not allowed"):
+        check_hparams(csve.HParams(**{field: value}))
