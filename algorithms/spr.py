@@ -135,6 +135,26 @@ class HParams(dqn.HParams):
                                           "ema_tau": Range(0.0, 1.0, high_closed=False)}
 
 
+class Conv3x3(nn.Module):
+    """A 3x3 'SAME' convolution written as a matmul over the nine shifted copies of the input.
+
+    Equal to `nn.Conv(features, (3, 3), padding="SAME")` with the same parameters (tested); on XLA
+    CPU its gradient inside the training `lax.scan` ran about 10x faster than nn.Conv's (measured).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        height, width = x.shape[-3:-1]
+        padded = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((1, 1), (1, 1), (0, 0)))
+        patches = jnp.concatenate([padded[..., i:i + height, j:j + width, :] for i in range(3) for j in range(3)],
+                                  axis=-1)  # [..., H, W, 9 C] in (row, column, channel) order, as the kernel
+        return patches @ kernel.reshape(-1, self.features) + bias
+
+
 class SPRNetwork(nn.Module):
     """Encoder f, transition model h, projection g, C51 head and predictor q, as separate methods."""
 
@@ -146,8 +166,8 @@ class SPRNetwork(nn.Module):
 
     def setup(self):
         self.encoder = MinAtarCNN(hidden_size=self.hidden_size, activation=self.activation, spatial=True)
-        self.transition_hidden = nn.Conv(self.transition_channels, (3, 3), padding="SAME")
-        self.transition_out = nn.Conv(self.encoder.channels, (3, 3), padding="SAME")
+        self.transition_hidden = Conv3x3(self.transition_channels)
+        self.transition_out = Conv3x3(self.encoder.channels)
         self.projection = orthogonal_dense(self.hidden_size)
         self.q_head = orthogonal_dense(self.num_actions * self.num_atoms, gain=1.0)
         self.predictor = orthogonal_dense(self.hidden_size, gain=1.0)
@@ -264,13 +284,16 @@ def n_step_from_sequence(sequence: replay.SequenceSample, n: int, gamma) -> repl
 
 
 def latent_rollout(network: SPRNetwork, params, latent: jax.Array, actions: jax.Array) -> jax.Array:
-    """z_k = h(z_{k-1}, a_{t+k-1}) for k = 1..K: [B, h, w, c] and actions [B, K] -> [B, K, h, w, c]."""
-    def step(z, action):
-        z = network.apply(params, z, action, method=SPRNetwork.transition)
-        return z, z
+    """z_k = h(z_{k-1}, a_{t+k-1}) for k = 1..K: [B, h, w, c] and actions [B, K] -> [B, K, h, w, c].
 
-    _, latents = jax.lax.scan(step, latent, jnp.swapaxes(actions, 0, 1))
-    return jnp.swapaxes(latents, 0, 1)
+    A Python loop over the static K (unrolled): on XLA CPU a `lax.scan` here made the gradient
+    about 15x slower (measured at K = 5, batch 32).
+    """
+    latents = []
+    for k in range(actions.shape[1]):
+        latent = network.apply(params, latent, actions[:, k], method=SPRNetwork.transition)
+        latents.append(latent)
+    return jnp.stack(latents, axis=1)
 
 
 def spr_loss(config: Config, network: SPRNetwork, params, target_params, sequence: replay.SequenceSample,
