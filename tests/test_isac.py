@@ -26,7 +26,7 @@ def test_isac_with_one_critic_pair_is_sac_from_the_same_seed():
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(isac_metrics["critic_loss"], sac_metrics["critic_loss"], rtol=1e-4, atol=1e-5)
     # Learning really happened: the temperature and the actor moved away from their initial values.
-    init = sac.make_train(sac.Config(**TINY)).init(jax.random.PRNGKey(3), sac.HParams())
+    init = jax.jit(sac.make_train(sac.Config(**TINY)).init)(jax.random.PRNGKey(3), sac.HParams())
     assert float(sac_state.learner.log_alpha) < -0.1
     assert not np.allclose(jax.tree.leaves(init.learner.actor_params)[0],
                            jax.tree.leaves(sac_state.learner.actor_params)[0])
