@@ -1,14 +1,17 @@
 """SPR, self-predictive representations (Schwarzer et al., ICLR 2021, arXiv 2007.05929), on MinAtar.
 
     python algorithms/spr.py                                   # Breakout-MinAtar, 100k env steps
-    python algorithms/spr.py --env-id Asterix-MinAtar --k-steps 3 --augmentation none --ema-tau 0.99
+    python algorithms/spr.py --env-id Asterix-MinAtar --target online     # the paper's augmented setting
+    python algorithms/spr.py --augmentation none --k-steps 3 --loss hl_gauss
 
-C51 Q-learning (dqn.py's loss, n-step, on augmented observations) plus an
-auxiliary loss that makes the representation predict its own future. From one
-replay sequence s_t..s_{t+K} with actions a_t..a_{t+K-1} (`replay.sample_sequences`):
+C51 (or HL-Gauss) Q-learning (dqn.py's loss and target network, n-step returns
+read off the same replay sequence, on augmented observations) plus an auxiliary
+loss that makes the representation predict its own future. From one replay
+sequence s_t..s_{t+K} with actions a_t..a_{t+K-1} (`replay.sample_sequences`):
 
     z_0 = f(aug(s_t))                               online encoder: the MinAtar conv, feature map
-    z_k = h(z_{k-1}, a_{t+k-1}),  k = 1..K         conv transition model on [z, one-hot(a) as channels]
+    z_k = h(z_{k-1}, a_{t+k-1}),  k = 1..K         transition model: two 3x3 convs (ReLU) on [z, one-hot(a)
+                                                    broadcast as channels]
     y_k = q(g(z_k))                                 projection g, then predictor q
     t_k = g_bar(f_bar(aug(s_{t+k})))                target encoder and projection (EMA copies)
     L_SPR = mean_b (1/K) sum_k m_k (2 - 2 cos(y_k, t_k))       (paper eq. 4, as a normalised L2)
