@@ -82,6 +82,8 @@ class Config:
     """Hidden layer sizes of the policy, value and Q MLPs."""
     activation: str = "relu"
     """Hidden activation."""
+    cosine_actor_lr: bool = False
+    """Decay the policy's learning rate to 0 over total_updates with a cosine schedule (as IQL's reference code)."""
     model_members: int = 5
     """Members of the dynamics ensemble."""
     model_hidden_sizes: tuple[int, ...] = (200, 200, 200, 200)
@@ -244,6 +246,10 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
                     EnsembleQ(2, config.hidden_sizes, config.activation), data.action_bounds)
     dynamics_config = config.dynamics
 
+    def actor_optimizer(hp: HParams) -> optax.GradientTransformation:
+        return optax.adam(optax.cosine_decay_schedule(hp.lr, config.total_updates) if config.cosine_actor_lr
+                          else hp.lr)
+
     def init(key: jax.Array, hp: HParams) -> Learner:
         """Step 0, the dynamics fit, then the networks and optimisers."""
         model_key, actor_key, value_key, critic_key = jax.random.split(key, 4)
@@ -255,7 +261,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         log_alpha = jnp.log(jnp.asarray(hp.init_alpha, jnp.float32))
         opt = optax.adam(hp.lr)
         return Learner(actor_params, value_params, critic_params, critic_params, log_alpha, model_params,
-                       opt.init(actor_params), opt.init(value_params), opt.init(critic_params),
+                       actor_optimizer(hp).init(actor_params), opt.init(value_params), opt.init(critic_params),
                        optax.adam(hp.alpha_lr).init(log_alpha))
 
     def learn(learner: Learner, batch: datasets.Dataset, key: jax.Array, hp: HParams) -> tuple[Learner, dict]:
@@ -279,8 +285,8 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
             opt, lambda p: critic_loss(nets, p, value_params, batch, hp), learner.critic_params,
             learner.critic_opt_state)
         actor_params, actor_opt_state, actor_stats = step(  # 5
-            opt, lambda p: actor_loss(nets, p, learner, value_params, batch, actor_key, hp), learner.actor_params,
-            learner.actor_opt_state)
+            actor_optimizer(hp), lambda p: actor_loss(nets, p, learner, value_params, batch, actor_key, hp),
+            learner.actor_params, learner.actor_opt_state)
         target_critic_params = polyak(learner.target_critic_params, critic_params, hp.tau)  # 6
         learner = Learner(actor_params, value_params, critic_params, target_critic_params, log_alpha,
                           learner.model_params, actor_opt_state, value_opt_state, critic_opt_state, alpha_opt_state)
