@@ -116,6 +116,7 @@ def test_td3_bc_moves_the_actor_and_targets_only_every_policy_delay_steps(medium
 @pytest.mark.parametrize("module, options", [
     (td3_bc, dict(hidden_sizes=(8,))),
     (cql, dict(hidden_sizes=(8,), num_sampled_actions=2)),
+    (cql, dict(hidden_sizes=(8,), num_sampled_actions=2, lagrange=True, backup_entropy=True)),
     (csve, dict(hidden_sizes=(8,), model_members=2, model_hidden_sizes=(8,), model_max_epochs=1,
                 model_steps_per_epoch=1)),
 ])
