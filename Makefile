@@ -20,8 +20,12 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) algorithms/ppo.py --env-id CartPole-v1
 
+# One pytest worker per core (2 on CI); a test file stays on one worker so that its
+# module fixtures (trained agents shared by several tests) are built once.
+PYTEST_WORKERS ?= auto
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # Speed benchmark: ours vs raw env stepping vs peers (peers in their own venv, see benchmarks/README.md).
 .venv-peer/bin/python: benchmarks/requirements-peer.txt
