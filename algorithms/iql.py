@@ -36,14 +36,13 @@ import optax
 from flax import struct
 
 from rlzoo import datasets
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.networks import ACTIVATIONS
+from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
 from rlzoo.offline import (
     EnsembleQ,
     GaussianActor,
+    OfflineConfig,
     OfflineData,
     StateValue,
-    dataset_env_id,
     load_offline_data,
     make_trainer,
     polyak,
@@ -51,42 +50,13 @@ from rlzoo.offline import (
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Static settings: they fix shapes and the compiled program (the CLI)."""
+class Config(OfflineConfig):
+    """The shared offline settings plus IQL's reward scaling and actor schedule."""
 
-    dataset: str = "datasets/Pendulum-v1/medium.hdf5"
-    """Dataset: an rlzoo or D4RL HDF5 file, a Minari dataset folder, or a Minari id under MINARI_DATASETS_PATH."""
-    env_id: str = ""
-    """Environment to evaluate on; '' reads it from the dataset's metadata, 'none' turns evaluation off."""
-    total_updates: int = 1_000_000
-    """Gradient steps."""
-    steps_per_update: int = 5_000
-    """Gradient steps between evaluations (one row of metrics.csv each)."""
-    batch_size: int = 256
-    """Minibatch size."""
-    episodes_per_eval: int = 10
-    """Evaluation episodes after each update of steps_per_update gradient steps (0: none; metrics' episode_return)."""
-    normalize_obs: bool = False
-    """Standardise observations by the dataset's mean and std (the policy applies the same to raw observations)."""
     scale_rewards: bool = True
     """Multiply rewards by 1000 / (max - min episode return in the dataset), as the paper does for locomotion."""
     cosine_actor_lr: bool = True
     """Decay the policy's learning rate to 0 over total_updates with a cosine schedule, as the reference code does."""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """Hidden layer sizes of the policy, value and Q MLPs."""
-    activation: str = "relu"
-    """Hidden activation."""
-
-    def __post_init__(self):
-        if not self.env_id:
-            object.__setattr__(self, "env_id", dataset_env_id(self.dataset))
-        for name in ("total_updates", "steps_per_update", "batch_size"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        check(self.total_updates >= self.steps_per_update, "total_updates", self.total_updates,
-              f"must be >= steps_per_update ({self.steps_per_update})")
-        check(self.episodes_per_eval >= 0, "episodes_per_eval", self.episodes_per_eval, "must be >= 0")
-        check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
-        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
 
 
 @struct.dataclass

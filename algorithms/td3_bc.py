@@ -39,44 +39,21 @@ from flax import struct
 from rlzoo import datasets
 from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.networks import ACTIVATIONS
-from rlzoo.offline import EnsembleQ, OfflineData, dataset_env_id, load_offline_data, make_trainer, polyak
+from rlzoo.offline import EnsembleQ, OfflineConfig, OfflineData, load_offline_data, make_trainer, polyak
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Static settings: they fix shapes and the compiled program (the CLI)."""
+class Config(OfflineConfig):
+    """The shared offline settings plus TD3+BC's policy delay, with normalize_obs on by default."""
 
-    dataset: str = "datasets/Pendulum-v1/medium.hdf5"
-    """Dataset: an rlzoo or D4RL HDF5 file, a Minari dataset folder, or a Minari id under MINARI_DATASETS_PATH."""
-    env_id: str = ""
-    """Environment to evaluate on; '' reads it from the dataset's metadata, 'none' turns evaluation off."""
-    total_updates: int = 1_000_000
-    """Gradient steps."""
-    steps_per_update: int = 5_000
-    """Gradient steps between evaluations (one row of metrics.csv each)."""
-    batch_size: int = 256
-    """Minibatch size."""
-    episodes_per_eval: int = 10
-    """Evaluation episodes after each update of steps_per_update gradient steps (0: none; metrics' episode_return)."""
     normalize_obs: bool = True
     """Standardise observations by the dataset's mean and std (the policy applies the same to raw observations)."""
     policy_delay: int = 2
     """Critic steps per actor (and target) step."""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """Hidden layer sizes of the actor and critic MLPs."""
-    activation: str = "relu"
-    """Hidden activation."""
 
     def __post_init__(self):
-        if not self.env_id:
-            object.__setattr__(self, "env_id", dataset_env_id(self.dataset))
-        for name in ("total_updates", "steps_per_update", "batch_size", "policy_delay"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        check(self.total_updates >= self.steps_per_update, "total_updates", self.total_updates,
-              f"must be >= steps_per_update ({self.steps_per_update})")
-        check(self.episodes_per_eval >= 0, "episodes_per_eval", self.episodes_per_eval, "must be >= 0")
-        check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
-        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        super().__post_init__()
+        check(self.policy_delay >= 1, "policy_delay", self.policy_delay, "must be >= 1")
 
 
 @struct.dataclass

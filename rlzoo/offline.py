@@ -22,6 +22,10 @@ The dataset is a constant of the compiled program (closed over), so `vmap` over
 seeds and hyperparameters shares one copy and checkpoints hold only the learner
 state, not the data.
 
+`OfflineConfig` is the frozen dataclass of static settings (dataset, evaluation
+env, update budget, minibatch, networks) and their checks that every offline
+algorithm's `Config` subclasses.
+
 Also here: `OfflineData` (the dataset, its metadata and the evaluation env,
 `load_offline_data`) and the networks offline actor-critics share:
 `GaussianActor` (tanh-bounded mean, state-independent log-std), `StateValue`
@@ -43,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from rlzoo import datasets
-from rlzoo.config import ConfigError, Trainer
+from rlzoo.config import ConfigError, Trainer, check
 from rlzoo.env_adapter import Env, make_env
 from rlzoo.evaluate import evaluate
 from rlzoo.networks import ACTIVATIONS
@@ -103,6 +107,44 @@ def load_offline_data(path: str, env_id: str = "", normalize_obs: bool = False) 
         raise ConfigError(f"dataset={path!r} is not allowed: these offline algorithms need continuous actions [N, A]; "
                           f"its actions have shape {dataset.actions.shape}")
     return OfflineData(dataset, metadata, env, datasets.obs_stats(metadata))
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig:
+    """Static settings shared by the offline algorithms: they fix shapes and the compiled program (the CLI)."""
+
+    dataset: str = "datasets/Pendulum-v1/medium.hdf5"
+    """Dataset: an rlzoo or D4RL HDF5 file, a Minari dataset folder, or a Minari id under MINARI_DATASETS_PATH."""
+    env_id: str = ""
+    """Environment to evaluate on; '' reads it from the dataset's metadata, 'none' turns evaluation off."""
+    total_updates: int = 1_000_000
+    """Gradient steps."""
+    steps_per_update: int = 5_000
+    """Gradient steps between evaluations (one row of metrics.csv each)."""
+    batch_size: int = 256
+    """Minibatch size."""
+    episodes_per_eval: int = 10
+    """Evaluation episodes after each update of steps_per_update gradient steps (0: none; metrics' episode_return)."""
+    normalize_obs: bool = False
+    """Standardise observations by the dataset's mean and std (the policy applies the same to raw observations)."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the policy MLP and, where the algorithm has them, of the value and Q MLPs."""
+    activation: str = "relu"
+    """Hidden activation."""
+
+    def __post_init__(self):
+        if not self.env_id:
+            object.__setattr__(self, "env_id", dataset_env_id(self.dataset))
+        for name in ("total_updates", "steps_per_update", "batch_size"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        check(self.total_updates >= self.steps_per_update, "total_updates", self.total_updates,
+              f"must be >= steps_per_update ({self.steps_per_update})")
+        check(self.episodes_per_eval >= 0, "episodes_per_eval", self.episodes_per_eval, "must be >= 0")
+        check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
+        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
 
 
 # --------------------------------------------------------------------------- training loop
