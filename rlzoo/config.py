@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,3 +105,18 @@ class Trainer:
 
     def __call__(self, key: jax.Array, hparams: Any) -> tuple[Any, dict[str, jax.Array]]:
         return self.run(self.init(key, hparams), hparams, self.num_updates)
+
+    def run_members(self, states: Any, hparams: Any, num_updates: int) -> tuple[Any, dict[str, jax.Array]]:
+        """`run` for M members at once (leading axis M on states and hparams); metrics come out [M, n].
+
+        Scans the vmapped update rather than vmapping `run`: the results are the same, but on XLA CPU
+        vmap-of-scan ran DQN on Breakout-MinAtar (8 seeds, 10 MB replay each) 3.7x slower, as the
+        replay writes were no longer done in place; on PPO CartPole the two are equally fast.
+        """
+        states, metrics = jax.lax.scan(lambda s, _: jax.vmap(self.update)(s, hparams), states, None,
+                                       length=num_updates)
+        return states, jax.tree.map(lambda m: jnp.swapaxes(m, 0, 1), metrics)
+
+    def members(self, keys: jax.Array, hparams: Any) -> tuple[Any, dict[str, jax.Array]]:
+        """`jax.vmap(trainer)(keys, hparams)`, computed as `run_members` (see there)."""
+        return self.run_members(jax.vmap(self.init)(keys, hparams), hparams, self.num_updates)

@@ -46,7 +46,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from rlzoo.config import ConfigError
+from rlzoo.config import ConfigError, Trainer
 from rlzoo.sweep import MEMBER_AXIS, expand_members, make_grid, seed_keys
 
 
@@ -130,7 +130,8 @@ def run_sweep_multihost(train: Callable, base_hparams: Any, values: dict[str, li
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     keys, hparams = jax.tree.map(to_global, (keys, hparams))
-    outputs = jax.jit(jax.vmap(train), out_shardings=sharding)(keys, hparams)
+    members = train.members if isinstance(train, Trainer) else jax.vmap(train)
+    outputs = jax.jit(members, out_shardings=sharding)(keys, hparams)
 
     if gather:
         from jax.experimental import multihost_utils

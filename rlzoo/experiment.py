@@ -210,7 +210,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     compiled_chunks: dict[int, Any] = {}
     for size in sorted(set(chunks)):
         compile_start = time.perf_counter()
-        run_chunk = jax.vmap(lambda s, hp, n=size: trainer.run(s, hp, n))
+        run_chunk = lambda s, hp, n=size: trainer.run_members(s, hp, n)  # noqa: E731
         compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams).compile()
         compile_s += time.perf_counter() - compile_start
 

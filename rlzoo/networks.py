@@ -40,6 +40,34 @@ class MLP(nn.Module):
         return x
 
 
+class PatchConv(nn.Module):
+    """A 3x3 convolution written as one matmul over the nine shifted copies of the input (im2col).
+
+    Same parameters (`kernel` [3, 3, C, features], `bias`) and outputs as
+    `nn.Conv(features, (3, 3), padding=padding)` (tested). XLA CPU lowers a conv whose
+    weights are vmapped (seeds x hyperparameters) to a grouped convolution, which was ~28x
+    slower per seed than one seed in DQN on Breakout-MinAtar; as a matmul, vmap becomes a
+    batched matmul (measured in tests/test_networks.py and the benchmarks README).
+    """
+
+    features: int
+    padding: str = "VALID"
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if self.padding not in ("VALID", "SAME"):
+            raise ConfigError(f"padding={self.padding!r} is not allowed; allowed: VALID, SAME")
+        kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.padding == "SAME":
+            x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((1, 1), (1, 1), (0, 0)))
+        height, width = x.shape[-3] - 2, x.shape[-2] - 2
+        patches = jnp.concatenate([x[..., i:i + height, j:j + width, :] for i in range(3) for j in range(3)],
+                                  axis=-1)  # [..., H', W', 9 C] in (row, column, channel) order, as the kernel
+        return patches @ kernel.reshape(-1, self.features) + bias
+
+
 class MinAtarCNN(nn.Module):
     """The MinAtar torso (Young & Tian, 2019): one 3x3 conv with 16 channels, then a dense layer.
 
@@ -56,7 +84,8 @@ class MinAtarCNN(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         act = ACTIVATIONS[self.activation]
         x = x.astype(jnp.float32)
-        x = act(nn.Conv(self.channels, (3, 3), padding="VALID", kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        conv = PatchConv(self.channels, "VALID", nn.initializers.orthogonal(np.sqrt(2)), name="Conv_0")
+        x = act(conv(x))
         if self.spatial:
             return x
         x = x.reshape(*x.shape[:-3], -1)

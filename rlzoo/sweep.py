@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from rlzoo.config import ConfigError, check_hparams
+from rlzoo.config import ConfigError, Trainer, check_hparams
 
 MEMBER_AXIS = "members"
 
@@ -136,7 +136,8 @@ def run_sweep(train: Callable, base: Any, values: dict[str, list[float]], seed: 
     keys, hparams = shard_members((keys, hparams), sharding)
 
     def sweep_members(member_keys, member_hparams):
-        outputs = jax.vmap(train)(member_keys, member_hparams)
+        members = train.members if isinstance(train, Trainer) else jax.vmap(train)
+        outputs = members(member_keys, member_hparams)
         return outputs if sharding is None else jax.lax.with_sharding_constraint(outputs, sharding)
 
     return SweepResult(grid.labels, num_seeds, jax.jit(sweep_members)(keys, hparams))

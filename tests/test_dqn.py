@@ -61,6 +61,19 @@ def test_dqn_variants_run_end_to_end(options):
     assert np.isfinite(np.asarray(metrics["loss"])).all()
 
 
+def test_members_scan_the_vmapped_update_and_equal_vmapping_the_whole_run():
+    trainer = make_train(Config(total_timesteps=1_200, learning_starts=400, num_envs=4, buffer_size=1_000))
+    keys = seed_keys(0, 2)
+    hparams = jax.tree.map(lambda x: np.array([x, x]), HParams())
+    expected_state, expected_metrics = jax.jit(jax.vmap(trainer))(keys, hparams)
+    state, metrics = jax.jit(trainer.members)(keys, hparams)
+    assert metrics["loss"].shape == (2, trainer.num_updates)  # [members, updates], as vmap(trainer) gives
+    for name in expected_metrics:
+        np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), state.params,
+                 expected_state.params)
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(batch_size=256, learning_starts=100), "batch_size=256 is not allowed"),
     (dict(loss="c51", v_min=10.0, v_max=10.0), "v_min=10.0 is not allowed: must be < v_max"),

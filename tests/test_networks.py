@@ -1,13 +1,14 @@
 """Facts about the shared networks: output shapes, policy types and orthogonal initialisation."""
 
 import distrax
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rlzoo.config import ConfigError
-from rlzoo.networks import ActorCritic, MinAtarCNN, MLP, make_torso
+from rlzoo.networks import ActorCritic, MinAtarCNN, MLP, PatchConv, make_torso
 
 
 def test_discrete_actor_critic_gives_a_categorical_policy_and_a_value_per_observation():
@@ -50,3 +51,23 @@ def test_hidden_layers_are_orthogonal_with_gain_sqrt2():
 def test_unknown_activation_is_a_clear_error():
     with pytest.raises(ConfigError, match="activation='sigmoid'"):
         make_torso((4,), (8,), "sigmoid")
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_patch_convolution_equals_flax_conv_with_the_same_parameters(padding):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8, 8, 5))  # two batch axes
+    conv = flax.linen.Conv(7, (3, 3), padding=padding)
+    params = conv.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_allclose(PatchConv(7, padding).apply(params, x), conv.apply(params, x), atol=1e-5)
+    assert jax.tree.map(jnp.shape, PatchConv(7, padding).init(jax.random.PRNGKey(1), x)) == \
+        jax.tree.map(jnp.shape, params)
+
+
+def test_patch_convolution_refuses_other_paddings():
+    with pytest.raises(ConfigError, match="padding"):
+        PatchConv(4, "CIRCULAR").init(jax.random.PRNGKey(0), jnp.ones((1, 5, 5, 2)))
+
+
+def test_minatar_cnn_keeps_the_parameter_names_of_flax_conv():
+    params = MinAtarCNN().init(jax.random.PRNGKey(0), jnp.ones((1, 10, 10, 4)))
+    assert params["params"]["Conv_0"]["kernel"].shape == (3, 3, 4, 16)

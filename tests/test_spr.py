@@ -5,7 +5,6 @@ import csv
 import functools
 import json
 
-import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,14 +112,6 @@ def test_n_step_sample_read_off_a_sequence_stops_at_the_episode_end():
         expected = n_step_returns(steps.reward, jnp.full(5, 10.0), steps.terminated, steps.truncated, gamma, 3)[0]
         np.testing.assert_allclose(sample.returns + 10.0 * sample.discount, [expected], rtol=1e-6)
         assert int(sample.last.next_obs[0, 0, 0, 0]) == min(done_row, 2) + 1  # s' of the last step summed
-
-
-def test_the_transition_models_patch_convolution_equals_a_same_padded_3x3_convolution():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8, 8, 5))  # two batch axes
-    params = flax.linen.Conv(7, (3, 3), padding="SAME").init(jax.random.PRNGKey(1), x)
-    np.testing.assert_allclose(spr.Conv3x3(7).apply(params, x),
-                               flax.linen.Conv(7, (3, 3), padding="SAME").apply(params, x), atol=1e-5)
-    assert jax.tree.map(jnp.shape, spr.Conv3x3(7).init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
 
 
 def test_random_shift_moves_each_frame_by_at_most_pad_pixels_with_edge_padding():
