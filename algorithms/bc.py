@@ -69,8 +69,8 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
     data = data or load_offline_data(config.dataset, config.env_id, config.normalize_obs)
     actor = make_actor(config, data)
 
-    def init(key: jax.Array, hp: HParams) -> Learner:
-        params = actor.init(key, data.dataset.observations[:1])
+    def init(key: jax.Array, hp: HParams, dataset: datasets.Dataset) -> Learner:
+        params = actor.init(key, dataset.observations[:1])
         return Learner(params, optax.adam(hp.lr).init(params))
 
     def learn(learner: Learner, batch: datasets.Dataset, key: jax.Array, hp: HParams) -> tuple[Learner, dict]:

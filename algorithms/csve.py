@@ -225,11 +225,11 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         return optax.adam(optax.cosine_decay_schedule(hp.lr, config.total_updates) if config.cosine_actor_lr
                           else hp.lr)
 
-    def init(key: jax.Array, hp: HParams) -> Learner:
+    def init(key: jax.Array, hp: HParams, dataset: datasets.Dataset) -> Learner:
         """Step 0, the dynamics fit, then the networks and optimisers."""
         model_key, actor_key, value_key, critic_key = jax.random.split(key, 4)
-        model_params, _ = dynamics.fit(model_key, data.dataset, dynamics_config)
-        obs, action = data.dataset.observations[:1], data.dataset.actions[:1]
+        model_params, _ = dynamics.fit(model_key, dataset, dynamics_config)
+        obs, action = dataset.observations[:1], dataset.actions[:1]
         actor_params = nets.actor.init(actor_key, obs)
         value_params = nets.value.init(value_key, obs)
         critic_params = nets.critic.init(critic_key, obs, action)

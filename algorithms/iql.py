@@ -156,9 +156,9 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         actor_lr = optax.cosine_decay_schedule(hp.lr, config.total_updates) if config.cosine_actor_lr else hp.lr
         return optax.adam(actor_lr), optax.adam(hp.lr)
 
-    def init(key: jax.Array, hp: HParams) -> Learner:
+    def init(key: jax.Array, hp: HParams, dataset: datasets.Dataset) -> Learner:
         actor_key, value_key, critic_key = jax.random.split(key, 3)
-        obs, action = data.dataset.observations[:1], data.dataset.actions[:1]
+        obs, action = dataset.observations[:1], dataset.actions[:1]
         actor_params = nets.actor.init(actor_key, obs)
         value_params = nets.value.init(value_key, obs)
         critic_params = nets.critic.init(critic_key, obs, action)

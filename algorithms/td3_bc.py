@@ -152,9 +152,9 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
     nets = Networks(DeterministicActor(data.action_dim, *bounds, config.hidden_sizes, config.activation),
                     EnsembleQ(2, config.hidden_sizes, config.activation))
 
-    def init(key: jax.Array, hp: HParams) -> Learner:
+    def init(key: jax.Array, hp: HParams, dataset: datasets.Dataset) -> Learner:
         actor_key, critic_key = jax.random.split(key)
-        obs, action = data.dataset.observations[:1], data.dataset.actions[:1]
+        obs, action = dataset.observations[:1], dataset.actions[:1]
         actor_params = nets.actor.init(actor_key, obs)
         critic_params = nets.critic.init(critic_key, obs, action)
         opt = optax.adam(hp.lr)

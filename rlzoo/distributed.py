@@ -130,8 +130,10 @@ def run_sweep_multihost(train: Callable, base_hparams: Any, values: dict[str, li
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     keys, hparams = jax.tree.map(to_global, (keys, hparams))
-    members = train.members if isinstance(train, Trainer) else jax.vmap(train)
-    outputs = jax.jit(members, out_shardings=sharding)(keys, hparams)
+    if isinstance(train, Trainer):
+        outputs = jax.jit(train.members, out_shardings=sharding)(keys, hparams, train.data)
+    else:
+        outputs = jax.jit(jax.vmap(train), out_shardings=sharding)(keys, hparams)
 
     if gather:
         from jax.experimental import multihost_utils

@@ -163,7 +163,7 @@ def load_run(run_dir: str | Path, make_train: Callable[[Any], Trainer], config_c
     grid = make_grid(hparams, parse_sweep(options.sweep, hparams_cls, config_cls))
     trainer = make_train(config)
     keys, member_hparams = expand_members(seed_keys(options.seed, options.num_seeds), grid.hparams)
-    like = jax.eval_shape(jax.vmap(trainer.init), keys, member_hparams)
+    like = jax.eval_shape(trainer.init_members, keys, member_hparams, trainer.data)
     like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like)
     directory = Path(run_dir) / CHECKPOINT_DIR / (BEST_DIR if best else "")
     manager = checkpoint.best_manager(directory) if best else checkpoint.checkpoint_manager(directory)
@@ -200,18 +200,18 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     chunks = plan_chunks(trainer.num_updates, options.num_chunks)
 
     compile_start = time.perf_counter()
-    init = jax.jit(jax.vmap(trainer.init)).lower(keys, member_hparams).compile()
+    init = jax.jit(trainer.init_members).lower(keys, member_hparams, trainer.data).compile()
     compile_s = time.perf_counter() - compile_start
     run_start = time.perf_counter()
-    state = init(keys, member_hparams)
+    state = init(keys, member_hparams, trainer.data)
     jax.block_until_ready(state)
     run_s = time.perf_counter() - run_start
 
     compiled_chunks: dict[int, Any] = {}
     for size in sorted(set(chunks)):
         compile_start = time.perf_counter()
-        run_chunk = lambda s, hp, n=size: trainer.run_members(s, hp, n)  # noqa: E731
-        compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams).compile()
+        run_chunk = lambda s, hp, data, n=size: trainer.run_members(s, hp, n, data)  # noqa: E731
+        compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams, trainer.data).compile()
         compile_s += time.perf_counter() - compile_start
 
     written_under = describe_run(algo, config, hparams, grid.labels, options)
@@ -240,7 +240,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
             if chunk_start <= updates_done:
                 continue
             tick = time.perf_counter()
-            state, metrics = compiled_chunks[size](state, member_hparams)
+            state, metrics = compiled_chunks[size](state, member_hparams, trainer.data)
             metrics = jax.device_get(metrics)
             run_s += time.perf_counter() - tick
             if metrics_csv is None:

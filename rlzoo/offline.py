@@ -3,7 +3,7 @@
 An offline algorithm file (`algorithms/bc.py`, `algorithms/iql.py`, ...) supplies
 three pure functions and gets a `rlzoo.config.Trainer` back from `make_trainer`:
 
-    init_learner(key, hparams) -> learner          # params, optimiser states, target params
+    init_learner(key, hparams, dataset) -> learner  # params, optimiser states, target params
     learn(learner, batch, key, hparams) -> (learner, stats)   # one gradient step on a Dataset minibatch
     policy(learner, key, obs, greedy) -> action    # obs already normalised like the dataset
 
@@ -18,9 +18,10 @@ mean evaluation return and length at the end of that update, and
 returns. A million gradient steps are `num_chunks` jitted calls; the data never
 leaves the device in between.
 
-The dataset is a constant of the compiled program (closed over), so `vmap` over
-seeds and hyperparameters shares one copy and checkpoints hold only the learner
-state, not the data.
+The dataset is the Trainer's `data`: an input of each compiled program (not a
+constant embedded in it), shared by every member of a `vmap` over seeds and
+hyperparameters (one copy on device), and never written into checkpoints, which
+hold only the learner state.
 
 `OfflineConfig` is the frozen dataclass of static settings (dataset, evaluation
 env, update budget, minibatch, networks) and their checks that every offline
@@ -173,21 +174,17 @@ def make_trainer(data: OfflineData, init_learner: Callable, learn: Callable, pol
             obs = data.obs_stats.normalize(obs)
         return policy(state.learner, key, obs, greedy)
 
-    def init(key: jax.Array, hp: Any) -> OfflineState:
+    def init(key: jax.Array, hp: Any, dataset: datasets.Dataset) -> OfflineState:
         key, learner_key = jax.random.split(key)
-        return OfflineState(init_learner(learner_key, hp), key, jnp.zeros((), jnp.int32))
+        return OfflineState(init_learner(learner_key, hp, dataset), key, jnp.zeros((), jnp.int32))
 
-    def gradient_step(carry, key: jax.Array):
-        learner, hp = carry
-        sample_key, learn_key = jax.random.split(key)
-        batch = datasets.sample(data.dataset, sample_key, batch_size)
-        learner, stats = learn(learner, batch, learn_key, hp)
-        return (learner, hp), stats
+    def update(state: OfflineState, hp: Any, dataset: datasets.Dataset) -> tuple[OfflineState, dict[str, jax.Array]]:
+        def gradient_step(learner, key: jax.Array):
+            sample_key, learn_key = jax.random.split(key)
+            return learn(learner, datasets.sample(dataset, sample_key, batch_size), learn_key, hp)
 
-    def update(state: OfflineState, hp: Any) -> tuple[OfflineState, dict[str, jax.Array]]:
         key, steps_key, eval_key = jax.random.split(state.key, 3)
-        (learner, _), stats = jax.lax.scan(gradient_step, (state.learner, hp),
-                                           jax.random.split(steps_key, steps_per_update))
+        learner, stats = jax.lax.scan(gradient_step, state.learner, jax.random.split(steps_key, steps_per_update))
         state = OfflineState(learner, key, state.update_index + 1)
         if env is not None and eval_episodes > 0:
             result = evaluate(lambda k, obs: act(state, k, obs, True), env, eval_key, eval_episodes, max_steps)
@@ -201,7 +198,8 @@ def make_trainer(data: OfflineData, init_learner: Callable, learn: Callable, pol
             metrics["normalized_score"] = datasets.normalized_score(data.metadata, episode_return)
         return state, {**metrics, **jax.tree.map(jnp.mean, stats)}
 
-    return Trainer(init, update, num_updates, steps_per_update, act if env is not None else None, env)
+    return Trainer(init, update, num_updates, steps_per_update, act if env is not None else None, env,
+                   data=data.dataset)
 
 
 # --------------------------------------------------------------------------- networks

@@ -135,12 +135,15 @@ def run_sweep(train: Callable, base: Any, values: dict[str, list[float]], seed: 
     sharding = member_sharding(keys.shape[0])
     keys, hparams = shard_members((keys, hparams), sharding)
 
-    def sweep_members(member_keys, member_hparams):
-        members = train.members if isinstance(train, Trainer) else jax.vmap(train)
-        outputs = members(member_keys, member_hparams)
+    def sweep_members(member_keys, member_hparams, data):
+        if isinstance(train, Trainer):
+            outputs = train.members(member_keys, member_hparams, data)
+        else:
+            outputs = jax.vmap(train)(member_keys, member_hparams)
         return outputs if sharding is None else jax.lax.with_sharding_constraint(outputs, sharding)
 
-    return SweepResult(grid.labels, num_seeds, jax.jit(sweep_members)(keys, hparams))
+    data = train.data if isinstance(train, Trainer) else None  # a jit input, not a constant (see Trainer)
+    return SweepResult(grid.labels, num_seeds, jax.jit(sweep_members)(keys, hparams, data))
 
 
 def split_members(values: np.ndarray, num_configs: int) -> np.ndarray:

@@ -54,13 +54,14 @@ def test_a_chunk_of_gradient_steps_runs_with_host_transfers_disallowed(pendulum_
                         episodes_per_eval=2, hidden_sizes=(16,))
     trainer = iql.make_train(config)
     hparams = jax.device_put(jax.tree.map(jnp.float32, iql.HParams()))
-    state = jax.jit(trainer.init)(jax.device_put(jax.random.PRNGKey(0)), hparams)
-    run = jax.jit(lambda s, hp: trainer.run(s, hp, 2))
-    compiled = run.lower(state, hparams).compile()
+    data = jax.device_put(trainer.data)
+    state = jax.jit(trainer.init)(jax.device_put(jax.random.PRNGKey(0)), hparams, data)
+    run = jax.jit(lambda s, hp, d: trainer.run(s, hp, 2, d))
+    compiled = run.lower(state, hparams, data).compile()
     assert "callback" not in compiled.as_text() and "outfeed" not in compiled.as_text()
     with jax.transfer_guard("disallow"):
-        state, metrics = compiled(state, hparams)
-        state, metrics = compiled(state, hparams)
+        state, metrics = compiled(state, hparams, data)
+        state, metrics = compiled(state, hparams, data)
     assert int(jax.device_get(state.update_index)) == 4
     assert jax.device_get(metrics["env_steps"]).tolist() == [30, 40]  # gradient steps
 

@@ -102,9 +102,9 @@ def test_td3_bc_moves_the_actor_and_targets_only_every_policy_delay_steps(medium
                            hidden_sizes=(8,), policy_delay=2)
     trainer = td3_bc.make_train(config)
     update = jax.jit(trainer.update)
-    states = [trainer.init(jax.random.PRNGKey(0), td3_bc.HParams())]
+    states = [trainer.init(jax.random.PRNGKey(0), td3_bc.HParams(), trainer.data)]
     for _ in range(2):
-        states.append(update(states[-1], td3_bc.HParams())[0])
+        states.append(update(states[-1], td3_bc.HParams(), trainer.data)[0])
     leaves = lambda state, field: jax.tree.leaves(getattr(state.learner, field))  # noqa: E731
     moved = lambda a, b, field: not all(np.array_equal(x, y) for x, y in zip(leaves(a, field), leaves(b, field)))  # noqa: E731
     for field in ("actor_params", "target_actor_params", "target_critic_params"):
@@ -122,11 +122,16 @@ def test_td3_bc_moves_the_actor_and_targets_only_every_policy_delay_steps(medium
 ])
 def test_an_update_of_many_gradient_steps_is_one_program_without_host_calls(module, options, medium):
     """The update is traced whole (lax.scan over gradient steps, evaluation included) and calls back to no host
-    function, so a run of a million updates is num_chunks device programs; the dataset is a closed-over constant."""
+    function, so a run of a million updates is num_chunks device programs; the dataset is an input of that
+    program (the Trainer's `data`), not a constant embedded in it."""
     config = module.Config(dataset=medium, total_updates=1_000, steps_per_update=1_000, episodes_per_eval=2, **options)
     trainer = module.make_train(config)
-    state = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), module.HParams())
-    jaxpr = jax.make_jaxpr(trainer.update)(state, module.HParams())
+    state = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), module.HParams(), trainer.data)
+    jaxpr = jax.make_jaxpr(trainer.update)(state, module.HParams(), trainer.data)
+    dataset_bytes = sum(x.nbytes for x in jax.tree.leaves(trainer.data))
+    assert sum(np.asarray(c).nbytes for c in jaxpr.consts) < dataset_bytes / 100, "the dataset is embedded"
+    hlo = jax.jit(lambda s, hp, d: trainer.run(s, hp, 1, d)).lower(state, module.HParams(), trainer.data).as_text()
+    assert len(hlo) < dataset_bytes, "the dataset is embedded in the compiled program"
     primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
     text = str(jaxpr)
     assert "scan" in primitives
