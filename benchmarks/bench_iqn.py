@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlzoo.algorithms import dqn, iqn  # noqa: E402
-from rlzoo.evaluate import evaluate  # noqa: E402
+from rlzoo.evaluate import greedy_member_returns  # noqa: E402
 from rlzoo.report import write_report  # noqa: E402
 from rlzoo.sweep import run_sweep  # noqa: E402
 
@@ -40,17 +40,6 @@ def contenders(env_id: str, steps: int) -> dict:
         "i-QN K=3": (iqn.make_train(iqn.Config(num_heads=3, **common)), iqn.HParams()),
         "i-QN K=5": (iqn.make_train(iqn.Config(num_heads=5, **common)), iqn.HParams()),
     }
-
-
-def greedy_scores(trainer, state, num_seeds: int, episodes: int = 10) -> np.ndarray:
-    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
-
-    def one(member_state, key):
-        policy = lambda k, obs: trainer.act(member_state, k, obs, True)  # noqa: E731
-        return evaluate(policy, trainer.eval_env, key, episodes, max_steps).episode_return.mean()
-
-    keys = jax.random.split(jax.random.PRNGKey(12345), num_seeds)
-    return np.asarray(jax.jit(jax.vmap(one))(state, keys))
 
 
 def main() -> None:
@@ -71,7 +60,8 @@ def main() -> None:
             result = run_sweep(trainer, hparams, {}, seed=0, num_seeds=args.seeds)
             state, metrics = jax.block_until_ready(result.outputs)
             seconds = time.perf_counter() - start  # compile + run
-            scores.setdefault(name, {})[env_id] = greedy_scores(trainer, state, args.seeds).tolist()
+            per_seed = greedy_member_returns(trainer, state, jax.random.PRNGKey(12345))
+            scores.setdefault(name, {})[env_id] = per_seed.tolist()
             curve = np.nanmean(np.asarray(metrics["episode_return"]), axis=0)
             ax.plot(np.asarray(metrics["env_steps"][0]), curve, label=name)
             print(f"{env_id} {name}: greedy {np.mean(scores[name][env_id]):.1f} "

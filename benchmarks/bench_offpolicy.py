@@ -52,7 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlzoo.algorithms import isac, sac, td3  # noqa: E402
-from rlzoo.evaluate import evaluate  # noqa: E402
+from rlzoo.evaluate import greedy_member_returns  # noqa: E402
 from rlzoo.report import write_report  # noqa: E402
 from rlzoo.sweep import seed_keys  # noqa: E402
 
@@ -87,18 +87,6 @@ def train_seeds(trainer, hparams, num_seeds: int):
     return outputs, init_s, compile_s, time.perf_counter() - start
 
 
-def greedy_scores(trainer, state, num_seeds: int, episodes: int) -> np.ndarray:
-    """Mean return of `episodes` greedy episodes per seed, on fresh envs with keys apart from training."""
-    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
-
-    def one(member_state, key):
-        policy = lambda k, obs: trainer.act(member_state, k, obs, True)  # noqa: E731
-        return evaluate(policy, trainer.eval_env, key, episodes, max_steps).episode_return.mean()
-
-    keys = jax.random.split(jax.random.PRNGKey(12345), num_seeds)
-    return np.asarray(jax.jit(jax.vmap(one))(state, keys))
-
-
 def bench_returns(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +100,8 @@ def bench_returns(args) -> None:
             trainer = ALGORITHMS[name].make_train(config)
             (state, metrics), init_s, compile_s, run_s = train_seeds(trainer, hparams, args.seeds)
             start = time.perf_counter()
-            scores.setdefault(name, {})[env_id] = greedy_scores(trainer, state, args.seeds, args.episodes).tolist()
+            per_seed = greedy_member_returns(trainer, state, jax.random.PRNGKey(12345), args.episodes)
+            scores.setdefault(name, {})[env_id] = per_seed.tolist()
             eval_s = time.perf_counter() - start
             settings[name] = {"config": {k: v for k, v in dataclasses.asdict(config).items() if k != "env_id"},
                               "hparams": {f.name: float(getattr(hparams, f.name)) for f in dataclasses.fields(hparams)}}

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlzoo.algorithms import dqn, spr  # noqa: E402
-from rlzoo.evaluate import evaluate  # noqa: E402
+from rlzoo.evaluate import greedy_member_returns  # noqa: E402
 from rlzoo.report import write_report  # noqa: E402
 from rlzoo.stats import bootstrap_ci, iqm  # noqa: E402
 from rlzoo.sweep import run_sweep  # noqa: E402
@@ -51,17 +51,6 @@ def contenders(env_id: str, steps: int) -> dict:
         "C51": (dqn.make_train(dqn.Config(**shared)), c51_hparams),
         "SPR": (spr.make_train(spr_config), spr_hparams),
     }
-
-
-def greedy_scores(trainer, state, num_seeds: int, episodes: int = 10) -> np.ndarray:
-    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
-
-    def one(member_state, key):
-        policy = lambda k, obs: trainer.act(member_state, k, obs, True)  # noqa: E731
-        return evaluate(policy, trainer.eval_env, key, episodes, max_steps).episode_return.mean()
-
-    keys = jax.random.split(jax.random.PRNGKey(12345), num_seeds)
-    return np.asarray(jax.jit(jax.vmap(one))(state, keys))
 
 
 def main() -> None:
@@ -83,7 +72,7 @@ def main() -> None:
             result = run_sweep(trainer, hparams, {}, seed=0, num_seeds=args.seeds)
             state, metrics = jax.block_until_ready(result.outputs)
             seconds.setdefault(name, {})[env_id] = time.perf_counter() - start  # compile + run
-            per_seed = greedy_scores(trainer, state, args.seeds)
+            per_seed = greedy_member_returns(trainer, state, jax.random.PRNGKey(12345))
             scores.setdefault(name, {})[env_id] = per_seed.tolist()
             env_steps = np.asarray(metrics["env_steps"][0])
             ax_return.plot(env_steps, np.nanmean(np.asarray(metrics["episode_return"]), axis=0), f"C{index}",

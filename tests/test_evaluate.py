@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo.env_adapter import make_env
-from rlzoo.evaluate import evaluate
+from rlzoo.config import Trainer
+from rlzoo.evaluate import evaluate, greedy_member_returns
 
 
 def test_each_episode_counts_only_its_first_episode():
@@ -18,6 +19,18 @@ def test_each_episode_counts_only_its_first_episode():
     # Always pushing left drops the pole within a few dozen steps; CartPole pays 1 per step.
     assert (lengths > 0).all() and (lengths < 40).all()
     np.testing.assert_array_equal(np.asarray(result.episode_return), lengths)
+
+
+def test_greedy_member_returns_scores_each_member_by_its_own_greedy_policy():
+    """Member m always pushes in direction state[m] (0: left, 1: right), greedy or not."""
+    env = make_env("CartPole-v1")
+    act = lambda state, key, obs, greedy: jnp.full(obs.shape[0], state, jnp.int32) if greedy else None  # noqa: E731
+    trainer = Trainer(None, None, 1, 1, act, env)
+    returns = greedy_member_returns(trainer, jnp.array([0, 1, 0]), jax.random.PRNGKey(0), num_episodes=4)
+    direct = [float(evaluate(lambda k, obs, a=a: jnp.full(obs.shape[0], a, jnp.int32), env, key, 4, 500)
+                    .episode_return.mean()) for a, key in zip([0, 1, 0], jax.random.split(jax.random.PRNGKey(0), 3))]
+    assert returns.shape == (3,) and (returns < 40).all()
+    np.testing.assert_allclose(returns, direct, rtol=1e-6)
 
 
 def test_time_limited_episodes_run_to_their_limit():
