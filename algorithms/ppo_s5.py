@@ -39,7 +39,7 @@ from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, 
 from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
 from rlzoo.networks import MLP, orthogonal_dense
 from rlzoo.returns import gae
-from rlzoo.sequence import SEQUENCE_MODELS, make_sequence_model
+from rlzoo.sequence import SCANS, SEQUENCE_MODELS, make_sequence_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,8 @@ class Config:
     """S5 state size per layer (conjugate pairs: half of it is stored, complex)."""
     num_layers: int = 2
     """Stacked S5 blocks (GRU and LSTM use one layer)."""
+    scan: Literal["auto", "associative", "sequential"] = "auto"
+    """How S5 runs over a sequence: associative (parallel) or sequential scan; auto: sequential on CPU (faster there)."""
     hidden_size: int = 64
     """Hidden layer width of the actor and critic heads."""
     anneal_lr: bool = True
@@ -84,6 +86,7 @@ class Config:
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         check(self.sequence_model in SEQUENCE_MODELS, "sequence_model", self.sequence_model,
               f"one of {', '.join(SEQUENCE_MODELS)}")
+        check(self.scan in SCANS, "scan", self.scan, f"one of {', '.join(SCANS)}")
         check(self.state_size > 0 and self.state_size % 2 == 0, "state_size", self.state_size,
               "must be a positive even number (S5 keeps one state of each conjugate pair)")
         check(self.num_envs % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
@@ -196,7 +199,8 @@ def make_env_and_network(config: Config) -> tuple[VecEnv, RecurrentActorCritic]:
         normalize = "none" if env.spec.discrete else "obs+reward"
     vec_env = VecEnv(env, config.num_envs, normalize_obs=normalize != "none",
                      normalize_reward=normalize == "obs+reward")
-    memory = make_sequence_model(config.sequence_model, config.d_model, config.state_size, config.num_layers)
+    memory = make_sequence_model(config.sequence_model, config.d_model, config.state_size, config.num_layers,
+                                 config.scan)
     network = RecurrentActorCritic(memory, env.spec.num_actions, env.spec.discrete, config.d_model,
                                    config.hidden_size)
     return vec_env, network

@@ -109,6 +109,7 @@ def test_the_cli_trains_and_writes_a_run_folder_with_checkpoints_of_the_complex_
     (dict(state_size=0), "state_size=0 is not allowed: must be a positive even number"),
     (dict(state_size=-4), "state_size=-4 is not allowed"),
     (dict(d_model=0), "d_model=0 is not allowed: must be >= 1"),
+    (dict(scan="parallel"), "scan='parallel' is not allowed: one of auto, associative, sequential"),
     (dict(num_envs=6, num_minibatches=4), "num_minibatches=4 is not allowed: must divide num_envs = 6"),
 ])
 def test_bad_config_is_a_clear_error(options, message):

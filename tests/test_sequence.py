@@ -1,5 +1,6 @@
-"""Facts about the sequence models: the resettable parallel scan is the step-by-step recurrence
-with resets (values and gradients), and acting one step at a time equals the parallel pass."""
+"""Facts about the sequence models: the resettable scan, parallel (associative) or sequential, is
+the step-by-step recurrence with resets (values and gradients), and acting one step at a time
+equals the pass over the whole sequence."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from rlzoo.config import ConfigError
-from rlzoo.sequence import SEQUENCE_MODELS, hippo_legs_normal, make_sequence_model, resettable_scan, zoh_discretize
+from rlzoo.sequence import (SEQUENCE_MODELS, hippo_legs_normal, make_sequence_model, resettable_scan,
+                            resolve_scan, zoh_discretize)
 
 T, B, P, F = 64, 3, 8, 5
 
@@ -33,22 +35,36 @@ def random_problem(seed):
     return lam.astype(jnp.complex64), bu.astype(jnp.complex64), reset, initial
 
 
+@pytest.mark.parametrize("method", ["associative", "sequential"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_resettable_scan_equals_the_loop_with_resets_at_random_positions(seed):
+def test_resettable_scan_equals_the_loop_with_resets_at_random_positions(seed, method):
     a, b, reset, initial = random_problem(seed)
     assert 0 < reset.sum() < reset.size  # resets happen, at random places
-    parallel, loop = jax.jit(resettable_scan)(a, b, reset, initial), jax.jit(loop_recurrence)(a, b, reset, initial)
+    scan = jax.jit(resettable_scan, static_argnames="method")
+    parallel, loop = scan(a, b, reset, initial, method=method), jax.jit(loop_recurrence)(a, b, reset, initial)
     np.testing.assert_allclose(parallel, loop, atol=1e-5, rtol=1e-5)
 
 
-def test_resettable_scan_gradient_equals_the_loop_gradient():
+@pytest.mark.parametrize("method", ["associative", "sequential"])
+def test_a_time_invariant_transition_equals_its_broadcast_over_time(method):
+    """S5's Λ̄ is the same at every step: passing it as [P] gives the states of the [T, B, P] broadcast."""
+    a, b, reset, initial = random_problem(5)
+    scan = jax.jit(resettable_scan, static_argnames="method")
+    np.testing.assert_allclose(scan(a[0, 0], b, reset, initial, method=method),
+                               jax.jit(loop_recurrence)(jnp.broadcast_to(a[0, 0], a.shape), b, reset, initial),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["associative", "sequential"])
+def test_resettable_scan_gradient_equals_the_loop_gradient(method):
     a, b, reset, initial = random_problem(3)
     weights = jax.random.normal(jax.random.PRNGKey(9), (T, B, P))
 
     def loss(recurrence, a, b, initial):
         return jnp.sum(weights * jnp.abs(recurrence(a, b, reset, initial)) ** 2) / T
 
-    grads_scan = jax.jit(jax.grad(lambda *x: loss(resettable_scan, *x), argnums=(0, 1, 2)))(a, b, initial)
+    scan = lambda *x: resettable_scan(*x, method=method)  # noqa: E731
+    grads_scan = jax.jit(jax.grad(lambda *x: loss(scan, *x), argnums=(0, 1, 2)))(a, b, initial)
     grads_loop = jax.jit(jax.grad(lambda *x: loss(loop_recurrence, *x), argnums=(0, 1, 2)))(a, b, initial)
     for g_scan, g_loop in zip(grads_scan, grads_loop):
         assert float(jnp.abs(g_loop).max()) > 1e-3  # a gradient that can be wrong
@@ -81,6 +97,7 @@ def test_zoh_matches_the_exact_solution_for_a_constant_input():
 
 def _models():
     return [("s5", make_sequence_model("s5", 16, state_size=8, num_layers=2)),
+            ("s5-associative", make_sequence_model("s5", 16, state_size=8, num_layers=2, scan="associative")),
             ("gru", make_sequence_model("gru", 16)), ("lstm", make_sequence_model("lstm", 16)),
             ("none", make_sequence_model("none", 16))]
 
@@ -106,6 +123,28 @@ def test_acting_step_by_step_equals_the_parallel_pass_over_the_same_sequence(kin
         assert float(jnp.abs(other[0] - y_seq[0]).max()) > 1e-4
 
 
+def test_the_two_s5_scans_give_the_same_outputs_and_parameter_gradients():
+    """scan="auto" (sequential on this CPU) and "associative" are one model: same params, same numbers."""
+    assert resolve_scan("auto") == ("sequential" if jax.default_backend() == "cpu" else "associative")
+    x = jax.random.normal(jax.random.PRNGKey(0), (T, B, F))
+    reset = jax.random.bernoulli(jax.random.PRNGKey(1), 0.1, (T, B))
+    models = {scan: make_sequence_model("s5", 16, state_size=8, num_layers=2, scan=scan)
+              for scan in ("associative", "sequential")}
+    params = models["sequential"].init(jax.random.PRNGKey(2), models["sequential"].initialize_carry(B), (x, reset))
+    carry = jax.tree.map(lambda h: h + 0.3 - 0.2j, models["sequential"].initialize_carry(B))  # a carried-in state
+
+    def loss(model, params):
+        final, y = model.apply(params, carry, (x, reset))
+        return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.abs(h) ** 2) for h in final), y
+
+    results = {scan: jax.jit(jax.grad(lambda p, m=m: loss(m, p), has_aux=True))(params)
+               for scan, m in models.items()}
+    np.testing.assert_allclose(results["associative"][1], results["sequential"][1], atol=1e-5, rtol=1e-5)
+    for g_assoc, g_seq in zip(jax.tree.leaves(results["associative"][0]), jax.tree.leaves(results["sequential"][0])):
+        np.testing.assert_allclose(g_assoc, g_seq, atol=1e-4, rtol=1e-4)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(results["sequential"][0])) > 1e-2
+
+
 def test_all_models_share_one_interface():
     assert set(SEQUENCE_MODELS) == {"s5", "gru", "lstm", "none"}
     for _, model in _models():
@@ -120,6 +159,7 @@ def test_all_models_share_one_interface():
     ("transformer", {}, "sequence_model='transformer' is not allowed: one of s5, gru, lstm, none"),
     ("s5", {"state_size": 0}, "state_size=0 is not allowed"),
     ("s5", {"state_size": 7}, "state_size=7 is not allowed"),
+    ("s5", {"scan": "parallel"}, "scan='parallel' is not allowed: one of auto, associative, sequential"),
     ("gru", {"features": 0}, "features=0 is not allowed"),
 ])
 def test_bad_sequence_model_settings_are_clear_errors(kind, options, message):
