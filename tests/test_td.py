@@ -11,6 +11,7 @@ import pytest
 
 from rlzoo.algorithms import ppo, td
 from rlzoo.config import ConfigError, check_hparams
+from rlzoo.envs import random_walk_experiment as rw
 from rlzoo.experiment import run_cli
 from rlzoo.returns import discounted_returns
 
@@ -19,7 +20,7 @@ from rlzoo.returns import discounted_returns
 def random_walk(tmp_path_factory):
     """The full Fig. 12.3 experiment (8 lambdas x 15 alphas x 100 runs x 10 episodes), run once."""
     run_dir = tmp_path_factory.mktemp("td") / "random_walk"
-    return run_dir, td.run_random_walk(td.RandomWalkExperiment(run_dir=str(run_dir)))
+    return run_dir, rw.run_random_walk(rw.RandomWalkExperiment(run_dir=str(run_dir)))
 
 
 def test_intermediate_lambda_beats_td0_and_monte_carlo_at_their_best_alpha(random_walk):
@@ -37,6 +38,25 @@ def test_the_best_rms_error_lies_in_the_books_range(random_walk):
     table = np.loadtxt(run_dir / "rms_vs_alpha.csv", delimiter=",", skiprows=1)
     assert table.shape == (8, 1 + 15) and np.isclose(table[:, 1:].min(), summary["best_rms"], atol=1e-4)
     assert (run_dir / "rms_vs_alpha.png").stat().st_size > 0 and (run_dir / "rms_vs_alpha.md").exists()
+
+
+def test_td_py_with_experiment_random_walk_runs_the_experiment_module(tmp_path, monkeypatch, capsys):
+    """`python algorithms/td.py --experiment random-walk ...` is the experiment's command line, outputs unchanged."""
+    run_dir = tmp_path / "cli"
+    monkeypatch.setattr("sys.argv", ["td.py", "--experiment", "random-walk", "--method", "true-online",
+                                     "--lambdas", "0", "0.8", "--alphas", "0.2", "0.4", "--num-runs", "8",
+                                     "--run-dir", str(run_dir)])
+    td.main()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["method"] == "true-online" and set(summary["best_by_lambda"]) == {"0", "0.8"}
+    assert json.loads((run_dir / "config.json").read_text())["algo"] == "td"
+    table = np.loadtxt(run_dir / "rms_vs_alpha.csv", delimiter=",", skiprows=1)
+    assert table.shape == (2, 3) and np.isclose(table[:, 1:].min(), summary["best_rms"], atol=1e-4)
+    assert "best RMS" in capsys.readouterr().out and (run_dir / "rms_vs_alpha.png").stat().st_size > 0
+    monkeypatch.setattr("sys.argv", ["td.py", "--experiment", "random-walk", "--lambdas", "1.2"])
+    with pytest.raises(SystemExit) as exit_info:
+        td.main()
+    assert exit_info.value.code == 2 and "lambdas=1.2 is not allowed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("trace", ["accumulating", "dutch"])
@@ -103,9 +123,9 @@ def test_true_online_td_lambda_equals_the_online_lambda_return_algorithm_at_ever
 def test_offline_td_lambda_makes_the_same_total_update_as_the_offline_lambda_return(lam):
     xs, next_xs, rewards, terminated = linear_episode(jax.random.PRNGKey(2))
     w0, mask = jax.random.normal(jax.random.PRNGKey(3), (5,)), jnp.ones(12, bool)
-    forward = td.offline_lambda_return_episode(w0, xs, next_xs, rewards, terminated, mask, 0.1, 0.95, lam,
+    forward = rw.offline_lambda_return_episode(w0, xs, next_xs, rewards, terminated, mask, 0.1, 0.95, lam,
                                                sequential=False)
-    backward = td.offline_td_lambda_episode(w0, xs, next_xs, rewards, terminated, mask, 0.1, 0.95, lam)
+    backward = rw.offline_td_lambda_episode(w0, xs, next_xs, rewards, terminated, mask, 0.1, 0.95, lam)
     np.testing.assert_allclose(forward, backward, rtol=1e-5, atol=1e-6)
     assert np.abs(np.asarray(forward - w0)).max() > 1e-2
 
@@ -166,7 +186,7 @@ def test_the_evaluated_policy_is_the_greedy_policy_of_a_ppo_checkpoint_and_td_ke
 @pytest.mark.parametrize("make, message", [
     (lambda: check_hparams(td.HParams(lam=1.5)), r"lam=1.5 is not allowed: must lie in \[0, 1\]"),
     (lambda: check_hparams(td.HParams(lam=-0.1)), r"lam=-0.1 is not allowed"),
-    (lambda: td.RandomWalkExperiment(lambdas=(0.5, 1.2)), r"lambdas=1.2 is not allowed: each lambda must lie in"),
+    (lambda: rw.RandomWalkExperiment(lambdas=(0.5, 1.2)), r"lambdas=1.2 is not allowed: each lambda must lie in"),
     (lambda: td.Config(num_aux_tasks=-1), "num_aux_tasks=-1 is not allowed: must be >= 0"),
     (lambda: td.Config(value_fn="linear", num_aux_tasks=2), "auxiliary heads need value_fn='neural'"),
     (lambda: td.Config(view="backward"), "the backward view .* needs a tabular or linear value_fn"),
