@@ -11,9 +11,9 @@ episode start (the step after a done flag) resets it. Then `num_epochs` passes o
 PPO's clipped objective (`rlzoo.algorithms.ppo.ppo_loss`, PPO eq. 7) over
 minibatches of whole sequences: the envs are split into `num_minibatches` groups,
 and each group's rollout is replayed in one call of the sequence model from the
-hidden state it had when the rollout began (S5: a parallel associative scan with
-resets; GRU/LSTM: a sequential scan), so the recomputed policy equals the acting
-one at the first epoch. GAE bootstraps from V(final observation, hidden state)
+hidden state it had when the rollout began (S5: the resettable scan, parallel
+associative or sequential, `--scan`; GRU/LSTM: a sequential scan), so the
+recomputed policy equals the acting one at the first epoch. GAE bootstraps from V(final observation, hidden state)
 on truncation and stops on termination.
 
 `sequence_model="none"` is the memoryless baseline (the same agent without memory).

@@ -15,8 +15,10 @@ Every model here keeps one interface, so an agent can swap them with a flag:
 S5 (Smith, Warrington & Linderman, ICLR 2023, "Simplified State Space Layers for
 Sequence Modeling") runs over time with `jax.lax.associative_scan` and the
 reset-aware operator of Lu et al. (NeurIPS 2023, "Structured State Space Models
-for In-Context Reinforcement Learning"), `resettable_scan` below. GRU and LSTM
-step through time with `lax.scan` and reset their state the same way.
+for In-Context Reinforcement Learning"), `resettable_scan` below, or with a
+sequential `lax.scan` over the same recurrence (`SCANS`; the default on CPU,
+where it is faster). GRU and LSTM step through time with `lax.scan` and reset
+their state the same way.
 
 Not here: encoders, policy or value heads, losses (those belong to the agent).
 """
