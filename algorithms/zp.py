@@ -8,7 +8,7 @@ An encoder phi maps an observation to a latent z; a Q-head reads Q(z, .); a late
 model g predicts the next latent from (z, a). Both losses train phi:
 
     L_RL = E[(r + gamma (1 - term) max_a' Q_bar(phi_bar(s'), a') - Q(phi(s), a))^2]   (DQN on the latent)
-    L_ZP = E[sum_k || g(z_hat_{t+k}, a_{t+k}) - target(s_{t+k+1}) ||^2],  z_hat_t = phi(s_t)   (Ni et al., eq. 6)
+    L_ZP = mean_k E[|| g(z_hat_{t+k}, a_{t+k}) - target(s_{t+k+1}) ||^2],  z_hat_t = phi(s_t)   (Ni et al., eq. 6, K = 1)
 
 with the ZP target one of `online` phi(s') (gradients flow into it), `detached`
 sg(phi(s')), or `ema` phi_bar(s'), an exponential moving average of phi
@@ -181,7 +181,8 @@ def make_env_and_network(config: Config) -> tuple[VecEnv, ZPNetwork]:
 
 
 def zp_loss(config: Config, network: ZPNetwork, params, target_params, sequence: replay.SequenceSample):
-    """L_ZP over K rolled-out latent steps, masked after the episode's end; returns (loss, online latents)."""
+    """L_ZP averaged over the batch and the K rolled-out latent steps before the episode's end; returns (loss,
+    online latents). A mean over k, not a sum, so --zp-coef means the same for every K."""
     steps = sequence.transitions  # leaves [B, K, ...]
     mask = sequence.mask.astype(jnp.float32)
     if config.zp_target == "ema":
