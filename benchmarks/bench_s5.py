@@ -6,6 +6,7 @@
         --speed-models s5 s5-associative gru --speed-file speed_scans.json
     .venv/bin/python benchmarks/bench_s5.py --part speed --sizes test small --lengths 1024 \
         --speed-models s5 gru none --speed-file speed_memoryless.json
+    .venv/bin/python benchmarks/bench_s5.py --part speed --sizes one-block --lengths 1024 --speed-file speed_one_block.json
     .venv/bin/python benchmarks/bench_s5.py --part returns --seeds 8 --steps 1000000
 
 Speed: one PPO update (rollout of `num_envs` x T steps, then `num_epochs` x
@@ -18,11 +19,13 @@ load hits every model alike. The ratio GRU ÷ S5 above 1 means S5 trains faster.
 Settings follow Lu et al.'s reference PPO (64 envs, 8 minibatches of whole
 sequences) with 10 epochs instead of 30. Model sizes (`SIZES`): "small", S5 with
 2 blocks of width 64 and 64 states vs a 64-unit GRU; "reference", Lu et al.'s
-S5 with 4 blocks of width 256 and 256 states vs their 256-unit GRU; "test", the
-1 block of width 32 with 32 states (vs a 32-unit GRU) that the tests and the
-returns below train. The model "none" (memoryless, the GRU's width) times
-everything in an update except the memory. `--reference-one-epoch-from T` times reference sizes at rollout
-lengths >= T with 1 epoch instead of `--epochs` (CPU time); the rows say which.
+S5 with 4 blocks of width 256 and 256 states vs their 256-unit GRU;
+"one-block", the reference width with one S5 block; "test", the 1 block of
+width 32 with 32 states (vs a 32-unit GRU) that the tests and the returns below
+train. The model "none" (memoryless, the GRU's width) times everything in an
+update except the memory. `--reference-one-epoch-from T` times reference sizes
+at rollout lengths >= T with 1 epoch instead of `--epochs` (CPU time); the rows
+say which.
 S5 runs with `scan="auto"` (sequential on CPU) unless the model is "s5-associative".
 
 Returns: each (task, model) trains `--seeds` seeds as one vmapped program and
@@ -51,6 +54,8 @@ SIZES = {
     "small": {"s5": dict(sequence_model="s5", d_model=64, state_size=64, num_layers=2),
               "gru": dict(sequence_model="gru", d_model=64)},
     "reference": {"s5": dict(sequence_model="s5", d_model=256, state_size=256, num_layers=4),
+                  "gru": dict(sequence_model="gru", d_model=256)},
+    "one-block": {"s5": dict(sequence_model="s5", d_model=256, state_size=256, num_layers=1),
                   "gru": dict(sequence_model="gru", d_model=256)},
     "test": {"s5": dict(sequence_model="s5", d_model=32, state_size=32, num_layers=1),
              "gru": dict(sequence_model="gru", d_model=32)},
