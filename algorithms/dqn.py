@@ -36,8 +36,8 @@ LOSSES = ("mse", "huber", "c51", "hl_gauss", "two_hot")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Static settings: they fix shapes and the compiled program (the CLI)."""
+class ReplayConfig:
+    """What every epsilon-greedy replay learner fixes statically (DQN, i-QN, ZP, SPR): env, budget, replay, net."""
 
     env_id: str = "CartPole-v1"
     """Environment id: a gymnax id or an rlzoo id with discrete actions."""
@@ -53,6 +53,40 @@ class Config:
     """Minibatch size."""
     learning_starts: int = 10_000
     """Env steps collected before learning."""
+    hidden_sizes: tuple[int, ...] = (120, 84)
+    """Hidden layer sizes of the Q-network MLP (MinAtar uses its CNN)."""
+    activation: str = "relu"
+    """Hidden activation."""
+
+    def __post_init__(self):
+        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
+        for name in ("num_envs", "train_every", "batch_size"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size, f"must be >= num_envs ({self.num_envs})")
+        check(self.learning_starts >= 0, "learning_starts", self.learning_starts, "must be >= 0")
+        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        replay.check_can_sample(self.batch_size, self.buffer_size // self.num_envs, self.num_envs,
+                                max(self.learning_starts, self.num_envs * self.train_every,
+                                    self.num_envs * self.sequence_length))
+
+    @property
+    def sequence_length(self) -> int:
+        """Consecutive steps per sampled item (1: single transitions)."""
+        return 1
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.train_every
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(ReplayConfig):
+    """Static settings: they fix shapes and the compiled program (the CLI)."""
+
     n_step: int = 1
     """n of the n-step return."""
     double: bool = False
@@ -67,31 +101,13 @@ class Config:
     """Lowest value of the support (classification losses)."""
     v_max: float = 100.0
     """Highest value of the support (classification losses; 100 bounds CartPole at gamma 0.99)."""
-    hidden_sizes: tuple[int, ...] = (120, 84)
-    """Hidden layer sizes of the Q-network MLP (MinAtar uses its CNN)."""
-    activation: str = "relu"
-    """Hidden activation."""
 
     def __post_init__(self):
-        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
-        for name in ("num_envs", "train_every", "batch_size", "n_step"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size, f"must be >= num_envs ({self.num_envs})")
-        check(self.learning_starts >= 0, "learning_starts", self.learning_starts, "must be >= 0")
+        check(self.n_step >= 1, "n_step", self.n_step, "must be >= 1")
         check(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
         check(self.v_min < self.v_max, "v_min", self.v_min, f"must be < v_max ({self.v_max})")
         check(self.num_atoms >= 2, "num_atoms", self.num_atoms, "must be >= 2")
-        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
-        replay.check_can_sample(self.batch_size, self.buffer_size // self.num_envs, self.num_envs,
-                                max(self.learning_starts, self.num_envs * self.train_every))
-
-    @property
-    def steps_per_update(self) -> int:
-        return self.num_envs * self.train_every
-
-    @property
-    def num_updates(self) -> int:
-        return self.total_timesteps // self.steps_per_update
+        super().__post_init__()
 
     @property
     def distributional(self) -> bool:

@@ -34,67 +34,52 @@ import optax
 from flax import struct
 
 from rlzoo import replay
-from rlzoo.algorithms.dqn import Transition, epsilon, epsilon_greedy, polyak
+from rlzoo.algorithms.dqn import ReplayConfig, Transition, epsilon, epsilon_greedy, polyak
 from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
 from rlzoo.envs.distractor import wrap_env
-from rlzoo.networks import ACTIVATIONS, MLP, orthogonal_dense
+from rlzoo.networks import MLP, orthogonal_dense
 
 TARGETS = ("online", "detached", "ema")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Static settings: they fix shapes and the compiled program (the CLI)."""
+class Config(ReplayConfig):
+    """DQN's env, budget and replay settings with ZP's defaults, plus ZP's own (the CLI)."""
 
     env_id: str = "CartPole-v1"
     """Environment id: a gymnax id or an rlzoo id with discrete actions and flat observations."""
-    num_distractors: int = 16
-    """N(0, 1) noise dimensions appended to every observation (0: none)."""
     total_timesteps: int = 80_000
     """Environment steps over all envs."""
     num_envs: int = 4
     """Parallel environments per seed."""
-    train_every: int = 1
-    """Vectorised env steps per gradient step."""
     buffer_size: int = 50_000
     """Replay capacity in transitions (over all envs)."""
     batch_size: int = 64
     """Minibatch size."""
     learning_starts: int = 2_000
     """Env steps collected before learning."""
+    hidden_sizes: tuple[int, ...] = (128,)
+    """Hidden layers of the encoder, the latent model and the Q-head."""
+    num_distractors: int = 16
+    """N(0, 1) noise dimensions appended to every observation (0: none)."""
     zp_target: Literal["online", "detached", "ema"] = "ema"
     """Target of the ZP loss: online phi(s'), detached sg(phi(s')), or the EMA encoder phi_bar(s')."""
     zp_steps: int = 1
     """K: latent steps predicted ahead by rolling the latent model."""
     latent_dim: int = 32
     """Size of the latent z."""
-    hidden_sizes: tuple[int, ...] = (128,)
-    """Hidden layers of the encoder, the latent model and the Q-head."""
-    activation: str = "relu"
-    """Hidden activation."""
 
     def __post_init__(self):
-        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
-        for name in ("num_envs", "train_every", "batch_size", "latent_dim"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        check(self.latent_dim >= 1, "latent_dim", self.latent_dim, "must be >= 1")
         check(self.zp_steps >= 1, "zp_steps", self.zp_steps, "K must be >= 1")
         check(self.zp_target in TARGETS, "zp_target", self.zp_target, f"one of {', '.join(TARGETS)}")
         check(self.num_distractors >= 0, "num_distractors", self.num_distractors, "must be >= 0")
-        check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size, f"must be >= num_envs ({self.num_envs})")
-        check(self.learning_starts >= 0, "learning_starts", self.learning_starts, "must be >= 0")
-        check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
-        first_learning = max(self.learning_starts, self.num_envs * self.train_every)
-        replay.check_can_sample(self.batch_size, self.buffer_size // self.num_envs, self.num_envs,
-                                max(first_learning, self.num_envs * self.zp_steps))
+        super().__post_init__()
 
     @property
-    def steps_per_update(self) -> int:
-        return self.num_envs * self.train_every
-
-    @property
-    def num_updates(self) -> int:
-        return self.total_timesteps // self.steps_per_update
+    def sequence_length(self) -> int:
+        return self.zp_steps
 
 
 @struct.dataclass
