@@ -115,8 +115,11 @@ def test_sweep_sharded_over_four_devices_equals_one_device(tmp_path):
     four, one = _run_on_devices(4, tmp_path), _run_on_devices(1, tmp_path)
     assert int(four["devices"]) == 4 and int(one["devices"]) == 1
     for name in ("episode_return", "value_loss", "policy_loss", "params"):
-        # Partitioned programs may order float sums differently: equal to float32 rounding, not bit for bit.
-        np.testing.assert_allclose(four[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        # Partitioned programs may order float sums differently, and the rounding differences carry through the
+        # 16 training updates: equal to accumulated float32 rounding (seen: 1.2e-5 relative on a value loss of 94,
+        # 1.8e-5 absolute on parameters),
+        # not bit for bit. A wrong member-to-device mapping would differ by whole returns.
+        np.testing.assert_allclose(four[name], one[name], rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_grid_members_are_configuration_major_with_shared_seeds():
