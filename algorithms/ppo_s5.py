@@ -17,8 +17,8 @@ recomputed policy equals the acting one at the first epoch. GAE bootstraps from 
 on truncation and stops on termination.
 
 `sequence_model="none"` is the memoryless baseline (the same agent without memory).
-Evaluation episodes between chunks are off (`act` is None): the run-folder
-evaluation calls a stateless policy, and this agent needs its hidden state.
+Evaluation episodes (the run folder's `eval_return`) carry the hidden state from
+a fresh start through each episode (`Trainer.act_carry`).
 """
 
 from __future__ import annotations
@@ -293,7 +293,22 @@ def make_train(config: Config) -> Trainer:
         state = state._replace(params=params, opt_state=opt_state, key=key, update_index=update_index)
         return state, metrics
 
-    return Trainer(init, update, num_updates, batch_size, None, vec_env.env)
+    def act_carry(num_envs: int) -> tuple[Any, jax.Array]:
+        """An episode start for evaluation: a fresh hidden state and a reset flag for the first step."""
+        return network.memory.initialize_carry(num_envs), jnp.ones((num_envs,), jnp.bool_)
+
+    def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool,
+            carry: tuple[Any, jax.Array]) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        """One step of the policy on raw observations (normalised with the frozen training statistics),
+        reading and returning the hidden state; evaluation counts each env's first episode only."""
+        if state.env_state.obs_stats is not None:
+            obs = state.env_state.obs_stats.normalize(obs)
+        hidden, reset = carry
+        hidden, policy, _ = network.apply(state.params, hidden, obs, reset)
+        action = policy.mode() if greedy else policy.sample(seed=key)
+        return action, (hidden, jnp.zeros_like(reset))
+
+    return Trainer(init, update, num_updates, batch_size, act, vec_env.env, act_carry=act_carry)
 
 
 def main() -> None:

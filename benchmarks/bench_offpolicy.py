@@ -12,7 +12,8 @@ evaluation episodes (1000 steps at most) per seed; a seed's score is their mean
 return. Writes `scores.json` (scores, settings, times), a report per env
 (`rlzoo.report`: IQM, mean, median with stratified-bootstrap CIs, probability of
 improvement) and learning curves (training episode return, mean over seeds with
-the min-max band).
+the min-max band). Results of other envs already in `scores.json` at the same
+steps and seeds are kept, so envs can be run one command at a time.
 
 Each seed's initial state is built by its own call of the jitted `init`, and
 the vmapped program scans `update` from the stacked states: on this 2-core CPU
@@ -87,12 +88,22 @@ def train_seeds(trainer, hparams, num_seeds: int):
     return outputs, init_s, compile_s, time.perf_counter() - start
 
 
+def previous_results(path: Path, steps: int, seeds: int) -> tuple[dict, dict, dict]:
+    """(scores, settings, times) of an earlier run at the same budget, so that envs run one at a time add up."""
+    if not path.exists():
+        return {}, {}, {}
+    previous = json.loads(path.read_text())
+    if (previous["steps"], previous["seeds"]) != (steps, seeds):
+        print(f"[bench] {path} holds {previous['seeds']} seeds x {previous['steps']} steps, not {seeds} x {steps}: "
+              "replacing it", file=sys.stderr)
+        return {}, {}, {}
+    return previous["scores"], previous["settings"], previous["times_s"]
+
+
 def bench_returns(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scores: dict[str, dict[str, list[float]]] = {}
-    settings: dict[str, dict] = {}
-    times: dict[str, dict[str, dict[str, float]]] = {}
+    scores, settings, times = previous_results(out / "scores.json", args.steps, args.seeds)
     for env_id in args.envs:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for name, (config, hparams) in contenders(env_id, args.steps, args.num_envs, args.utd_ratio,

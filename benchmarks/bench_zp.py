@@ -45,7 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlzoo.algorithms import zp  # noqa: E402
-from rlzoo.evaluate import evaluate  # noqa: E402
+from rlzoo.evaluate import greedy_member_evaluator  # noqa: E402
 from rlzoo.report import write_report  # noqa: E402
 from rlzoo.stats import bootstrap_ci, iqm  # noqa: E402
 from rlzoo.sweep import seed_keys  # noqa: E402
@@ -69,18 +69,6 @@ def contender(variant: str, num_distractors: int, steps: int) -> tuple[zp.Config
             zp.HParams(zp_coef=coef))
 
 
-def make_greedy_scores(trainer, episodes: int = 10):
-    """A jitted (states, keys [seeds]) -> mean return of `episodes` greedy episodes per seed, on fresh copies of
-    the (distracted) env. Compiled once per trainer and reused at every evaluation."""
-    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
-
-    def one(member_state, key):
-        policy = lambda k, obs: trainer.act(member_state, k, obs, True)  # noqa: E731
-        return evaluate(policy, trainer.eval_env, key, episodes, max_steps).episode_return.mean()
-
-    return jax.jit(jax.vmap(one))
-
-
 def train_and_evaluate(trainer, hparams: zp.HParams, num_seeds: int, num_chunks: int = 25, num_evals: int = 5):
     """All seeds as one vmapped program (`Trainer.run_members`, as `run_sweep` runs them) in `num_chunks` equal
     chunks (one compile), with greedy evaluations after each of the last `num_evals` (as in tests/test_zp.py).
@@ -90,7 +78,7 @@ def train_and_evaluate(trainer, hparams: zp.HParams, num_seeds: int, num_chunks:
     per_chunk = trainer.num_updates // num_chunks
     member_hparams = jax.tree.map(lambda x: jnp.full((num_seeds,), x, jnp.float32), hparams)
     run = jax.jit(lambda states, hps: trainer.run_members(states, hps, per_chunk))
-    greedy_scores = make_greedy_scores(trainer)
+    greedy_scores = greedy_member_evaluator(trainer)
     state = jax.jit(jax.vmap(trainer.init))(seed_keys(0, num_seeds), member_hparams)
     chunks, scores = [], []
     for chunk in range(num_chunks):

@@ -29,8 +29,9 @@ tier's metadata: D4RL's constants do not apply to gymnax or brax returns.
 Recording is one jitted `lax.scan` over steps of `num_envs` environments stepped
 with `vmap` (`rlzoo.env_adapter.VecEnv`); each env's stream is contiguous in the
 file and its last transition is marked as a timeout where the recording cut an
-episode. The behaviour learner is pluggable (`BEHAVIOUR_LEARNERS`): any
-algorithm's `make_train(config)` whose `Trainer.act` samples actions will do.
+episode. The behaviour learner is pluggable (`BEHAVIOUR_LEARNERS`: PPO, or SAC,
+which needs far fewer brax env steps): any algorithm's `make_train(config)` whose
+`Trainer.act` samples actions will do.
 """
 
 from __future__ import annotations
@@ -113,7 +114,25 @@ def ppo_learner(env_id: str, timesteps: int, backend: str) -> tuple[Trainer, Any
     return ppo.make_train(config), hparams
 
 
-BEHAVIOUR_LEARNERS: dict[str, Callable[[str, int, str], tuple[Trainer, Any]]] = {"ppo": ppo_learner}
+def sac_learner(env_id: str, timesteps: int, backend: str) -> tuple[Trainer, Any]:
+    """SAC with the brax settings of `benchmarks/bench_offpolicy.py` (16 envs, 2 gradient steps per vectorised step),
+    or its Pendulum-v1 defaults; far fewer env steps than PPO for the same return on brax.
+
+    The snapshots hold SAC's replay buffer, so keep `num_snapshots` small (about 10) at a 1M-transition buffer.
+    """
+    from rlzoo.algorithms import sac
+
+    if env_id.startswith("brax/"):
+        steps = timesteps or 1_000_000
+        config = sac.Config(env_id=env_id, total_timesteps=steps, num_envs=16, utd_ratio=2, learning_starts=5_000,
+                            buffer_size=min(max(steps, 100_000), 1_000_000), brax_backend=backend)
+    else:
+        config = sac.Config(env_id=env_id, total_timesteps=timesteps or 20_000)
+    return sac.make_train(config), sac.HParams()
+
+
+BEHAVIOUR_LEARNERS: dict[str, Callable[[str, int, str], tuple[Trainer, Any]]] = {"ppo": ppo_learner,
+                                                                                  "sac": sac_learner}
 
 
 class BehaviourRun(NamedTuple):
@@ -264,6 +283,11 @@ def generate(config: GenerateConfig, behaviour: BehaviourRun | None = None) -> d
 
     random = recorder(None, keys["random"], steps)
     expert = recorder(expert_state, keys["expert"], steps)
+    for tier, recording in (("random", random), ("expert", expert)):
+        if recording.episodes == 0:
+            raise ConfigError(f"tier_size={config.tier_size} is not allowed with num_envs={config.num_envs}: "
+                              f"{steps} steps per env finished no {tier} episode of {config.env_id}, so there is no "
+                              "reference return; raise tier_size or lower num_envs")
     refs = {"ref_min_score": random.policy_return, "ref_max_score": expert.policy_return}
     medium_index = choose_medium(behaviour.eval_returns, refs, config.medium_score)
     recordings: dict[str, Recording] = {"random": random, "expert": expert}

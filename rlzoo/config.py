@@ -108,6 +108,9 @@ class Trainer:
     """A single `rlzoo.env_adapter.Env` to evaluate on (a separate copy from the training envs)."""
     data: Any = None
     """Arrays shared by all members, passed to `init` and `update` (see above); None for online RL."""
+    act_carry: Callable[[int], Any] | None = None
+    """Recurrent agents: the hidden state of n envs at an episode start; `act` then takes and returns it,
+    act(state, key, raw_obs, greedy, carry) -> (action, carry) (`rlzoo.evaluate.evaluate_policy_of`)."""
 
     def _with_data(self, fn: Callable, data: Any) -> Callable:
         """`fn` with the shared data bound as its last argument (`self.data`, closed over, if `data` is None)."""

@@ -32,9 +32,14 @@ class EvalResult(NamedTuple):
     episode_length: jax.Array  # [num_episodes]
 
 
-def evaluate(act: Callable[[jax.Array, jax.Array], jax.Array], env: Env, key: jax.Array, num_episodes: int,
-             max_steps: int) -> EvalResult:
-    """Returns and lengths of the first episode of `num_episodes` parallel copies of `env`."""
+def evaluate(act: Callable[..., Any], env: Env, key: jax.Array, num_episodes: int, max_steps: int,
+             initial_carry: Any = None) -> EvalResult:
+    """Returns and lengths of the first episode of `num_episodes` parallel copies of `env`.
+
+    `act(key, obs) -> action`; for a recurrent agent, pass `initial_carry` (its
+    hidden state for `num_episodes` envs at an episode start) and
+    `act(key, obs, carry) -> (action, carry)`.
+    """
     vec_env = VecEnv(env, num_episodes, clip_actions=True)
     reset_key, run_key = jax.random.split(key)
     env_state, obs = vec_env.reset(reset_key)
@@ -42,31 +47,59 @@ def evaluate(act: Callable[[jax.Array, jax.Array], jax.Array], env: Env, key: ja
     unfinished = jnp.ones((num_episodes,), jnp.bool_)
 
     def step(carry, key):
-        env_state, obs, returns, lengths, running = carry
+        env_state, obs, returns, lengths, running, agent_carry = carry
         act_key, env_key = jax.random.split(key)
-        env_state, ts = vec_env.step(env_key, env_state, act(act_key, obs))
+        if initial_carry is None:
+            action = act(act_key, obs)
+        else:
+            action, agent_carry = act(act_key, obs, agent_carry)
+        env_state, ts = vec_env.step(env_key, env_state, action)
         returns = returns + jnp.where(running, ts.reward, 0.0)
         lengths = lengths + running
         running = running & ~(ts.terminated | ts.truncated)
-        return (env_state, ts.obs, returns, lengths, running), None
+        return (env_state, ts.obs, returns, lengths, running, agent_carry), None
 
-    init = (env_state, obs, zeros, zeros.astype(jnp.int32), unfinished)
-    (_, _, returns, lengths, _), _ = jax.lax.scan(step, init, jax.random.split(run_key, max_steps))
+    init = (env_state, obs, zeros, zeros.astype(jnp.int32), unfinished, initial_carry)
+    (_, _, returns, lengths, _, _), _ = jax.lax.scan(step, init, jax.random.split(run_key, max_steps))
     return EvalResult(returns, lengths)
+
+
+def evaluate_policy_of(trainer: Any, state: Any, key: jax.Array, num_episodes: int, greedy: bool) -> EvalResult:
+    """`evaluate` of one member's policy, `trainer.act(state, key, obs, greedy)`, on `trainer.eval_env`.
+
+    For a recurrent agent (`trainer.act_carry` set) the hidden state starts at
+    `trainer.act_carry(num_episodes)` and is threaded through
+    `trainer.act(state, key, obs, greedy, carry) -> (action, carry)`. Episodes last
+    at most the env's `max_episode_steps` (1000 if unset).
+    """
+    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
+    if trainer.act_carry is None:
+        policy = lambda k, obs: trainer.act(state, k, obs, greedy)  # noqa: E731
+        return evaluate(policy, trainer.eval_env, key, num_episodes, max_steps)
+    recurrent_policy = lambda k, obs, carry: trainer.act(state, k, obs, greedy, carry)  # noqa: E731
+    return evaluate(recurrent_policy, trainer.eval_env, key, num_episodes, max_steps, trainer.act_carry(num_episodes))
+
+
+def greedy_member_evaluator(trainer: Any, num_episodes: int = 10) -> Callable[[Any, jax.Array], jax.Array]:
+    """A jitted `(states, keys) -> [M]` mean return of `num_episodes` greedy episodes per member.
+
+    Member m plays its greedy policy (`evaluate_policy_of`) on fresh copies of
+    `trainer.eval_env`. Build it once and call it for every evaluation: it compiles once per
+    shape of `states`, and any state with the same structure (another seed set,
+    another dataset of the same env) reuses the compiled program.
+    """
+
+    def member_return(member_state: Any, member_key: jax.Array) -> jax.Array:
+        return evaluate_policy_of(trainer, member_state, member_key, num_episodes, True).episode_return.mean()
+
+    return jax.jit(jax.vmap(member_return))
 
 
 def greedy_member_returns(trainer: Any, states: Any, key: jax.Array, num_episodes: int = 10) -> np.ndarray:
     """Per member (leading axis of `states`), the mean return of `num_episodes` greedy episodes.
 
-    Plays `trainer.act(member_state, key, obs, greedy=True)` on fresh copies of
-    `trainer.eval_env` for at most its `max_episode_steps` (1000 if unset); member m
-    uses `jax.random.split(key, M)[m]`. The benchmarks' score per seed.
+    Member m uses `jax.random.split(key, M)[m]` (`greedy_member_evaluator`, compiled
+    anew at each call). The benchmarks' score per seed.
     """
-    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
     num_members = jax.tree.leaves(states)[0].shape[0]
-
-    def member_return(member_state: Any, member_key: jax.Array) -> jax.Array:
-        policy = lambda k, obs: trainer.act(member_state, k, obs, True)  # noqa: E731
-        return evaluate(policy, trainer.eval_env, member_key, num_episodes, max_steps).episode_return.mean()
-
-    return np.asarray(jax.jit(jax.vmap(member_return))(states, jax.random.split(key, num_members)))
+    return np.asarray(greedy_member_evaluator(trainer, num_episodes)(states, jax.random.split(key, num_members)))

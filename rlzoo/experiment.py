@@ -35,7 +35,7 @@ import numpy as np
 from rlzoo import checkpoint
 from rlzoo.backends import make_sinks, run_name
 from rlzoo.config import ConfigError, Trainer, check, check_hparams
-from rlzoo.evaluate import evaluate
+from rlzoo.evaluate import evaluate_policy_of
 from rlzoo.logging import MetricsCSV, ProgressBar, plot_learning_curves, results_table
 from rlzoo.sweep import expand_members, make_grid, member_sharding, parse_sweep, seed_keys, shard_members, split_members
 
@@ -305,11 +305,9 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
 
 def make_member_evaluation(trainer: Trainer, options: RunOptions) -> Callable:
     """(state, key) -> mean return and length of `eval_episodes` episodes of one member's policy."""
-    max_steps = trainer.eval_env.spec.max_episode_steps or 1000
 
     def evaluate_member(state: Any, key: jax.Array) -> dict[str, jax.Array]:
-        policy = lambda k, obs: trainer.act(state, k, obs, options.eval_greedy)  # noqa: E731
-        result = evaluate(policy, trainer.eval_env, key, options.eval_episodes, max_steps)
+        result = evaluate_policy_of(trainer, state, key, options.eval_episodes, options.eval_greedy)
         return {"eval_return": result.episode_return.mean()[None],
                 "eval_length": result.episode_length.mean(dtype=jnp.float32)[None]}
 

@@ -2,6 +2,8 @@
 memoryless agent can (its best expected return is -0.5); it beats the memoryless agent on
 StatelessCartPole; minibatch replay equals acting; bad settings are clear errors."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from rlzoo.algorithms.ppo_s5 import Config, HParams, make_env_and_network, make_train, split_envs
 from rlzoo.config import ConfigError
 from rlzoo.env_adapter import make_env
+from rlzoo.evaluate import evaluate_policy_of
 from rlzoo.envs.meta import MetaRLEnv
 from rlzoo.sweep import seed_keys
 from tests.conftest import TINY
@@ -18,9 +21,11 @@ from tests.conftest import TINY
 SMALL_MODEL = dict(num_layers=1, d_model=32, state_size=32, num_envs=32, num_steps=128, num_minibatches=4)
 
 
-def train_two_seeds(config: Config, hparams: HParams) -> dict[str, np.ndarray]:
-    _, metrics = jax.jit(jax.vmap(make_train(config), in_axes=(0, None)))(seed_keys(0, 2), hparams)
-    return jax.device_get(metrics)
+def train_two_seeds(config: Config, hparams: HParams, with_state: bool = False):
+    """Metrics of 2 vmapped seeds; with `with_state`, (trainer, final states, metrics)."""
+    trainer = make_train(config)
+    state, metrics = jax.jit(jax.vmap(trainer, in_axes=(0, None)))(seed_keys(0, 2), hparams)
+    return (trainer, state, jax.device_get(metrics)) if with_state else jax.device_get(metrics)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def repeat_previous():
     cost, and the slower test seed ends at 0.96 instead of 0.75 (see the test).
     """
     config = Config(env_id="RepeatPrevious-Easy", total_timesteps=600_000, **SMALL_MODEL)
-    return train_two_seeds(config, HParams(lr=5e-3, gamma=0.5, gae_lambda=0.9))
+    return train_two_seeds(config, HParams(lr=5e-3, gamma=0.5, gae_lambda=0.9), with_state=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +57,36 @@ def test_s5_learns_repeat_previous_easy_far_beyond_any_memoryless_policy(repeat_
     1.00 and 0.96 with lr 5e-3; 0.99 and 0.75 with lr 3e-3. Not every seed is done by
     then: two further seeds reach 1.00 and 0.44 (lr 5e-3), 0.98 and 0.41 (lr 3e-3).
     """
-    final = repeat_previous["episode_return"][:, -1]
-    first = repeat_previous["episode_return"][:, 0]
+    _, _, metrics = repeat_previous
+    final = metrics["episode_return"][:, -1]
+    first = metrics["episode_return"][:, 0]
     assert (first < -0.3).all(), first  # it starts at guessing
     assert (final >= 0.75).all(), final
+
+
+@pytest.mark.slow
+def test_evaluation_carries_the_hidden_state_through_each_episode(repeat_previous):
+    """The run folder's evaluation of a recurrent agent (`evaluate_policy_of` with `Trainer.act_carry`).
+
+    The trained S5 agent's greedy policy, its memory carried through the episode,
+    scores what training reached (>= 0.75 per seed). The same policy with its memory
+    wiped before every step is memoryless and must fall to guessing (< 0; expected
+    -0.5): so the carry is what the evaluation threads, not a constant.
+    """
+    trainer, states, _ = repeat_previous
+    keys = seed_keys(1, 2)
+    remembered = jax.vmap(lambda s, k: evaluate_policy_of(trainer, s, k, 16, True).episode_return.mean())(
+        states, keys)
+
+    def act_forgetting(state, key, obs, greedy, carry):
+        action, _ = trainer.act(state, key, obs, greedy, trainer.act_carry(obs.shape[0]))
+        return action, carry
+
+    forgetful = dataclasses.replace(trainer, act=act_forgetting)
+    forgotten = jax.vmap(lambda s, k: evaluate_policy_of(forgetful, s, k, 16, True).episode_return.mean())(
+        states, keys)
+    assert (np.asarray(remembered) >= 0.75).all(), remembered
+    assert (np.asarray(forgotten) < 0.0).all(), forgotten
 
 
 @pytest.mark.slow
@@ -103,6 +134,7 @@ def test_the_cli_trains_and_writes_a_run_folder_with_checkpoints_of_the_complex_
             "--d-model", "16", "--state-size", "8", "--num-layers", "1", "--run-dir", str(tmp_path / model)]
     summary = run_cli("ppo_s5", ppo_s5.Config, ppo_s5.HParams, ppo_s5.make_train, args=args)
     assert summary["env_steps"] == 8192
+    assert np.isfinite(summary["final_eval_return"])  # recurrent evaluation episodes ran
     assert (tmp_path / model / "checkpoints").is_dir()
 
 
