@@ -10,9 +10,9 @@ D4RL and Minari cannot be downloaded everywhere, so rlzoo makes its own tiers
 
 - `random`: uniformly random actions in the action bounds;
 - `expert`: the behaviour learner's final policy;
-- `medium`: the training snapshot whose evaluated normalised score is closest to
-  `medium_score` (default 40: between a third and a half of the way from random to
-  expert);
+- `medium`: the trained snapshot (neither the untrained first nor the last) whose
+  evaluated normalised score is closest to `medium_score` (default 40: between a
+  third and a half of the way from random to expert);
 - `medium-replay`: what training saw on its way to `medium`: every snapshot up to
   and including it, each recorded by an equal share of the `num_envs` envs
   (rounded down, at least one) for as many steps as the other tiers.
@@ -75,7 +75,8 @@ class GenerateConfig:
     behaviour_timesteps: int = 0
     """Environment steps of behaviour training (0: the learner's default for this env)."""
     num_snapshots: int = 33
-    """Policy snapshots: the untrained policy, then one after each equal share of training (medium candidates)."""
+    """Policy snapshots: the untrained policy, then one after each equal share of training (all but the first and
+    last are medium candidates)."""
     medium_score: float = 40.0
     """Normalised score (0 random, 100 expert) the medium snapshot is chosen closest to."""
     eval_episodes: int = 16
@@ -91,7 +92,8 @@ class GenerateConfig:
               f"must be >= 1 and divide tier_size ({self.tier_size})")
         check(self.learner in BEHAVIOUR_LEARNERS, "learner", self.learner, f"one of {', '.join(BEHAVIOUR_LEARNERS)}")
         check(self.behaviour_timesteps >= 0, "behaviour_timesteps", self.behaviour_timesteps, "must be >= 0")
-        check(self.num_snapshots >= 2, "num_snapshots", self.num_snapshots, "must be >= 2")
+        check(self.num_snapshots >= 3, "num_snapshots", self.num_snapshots,
+              "must be >= 3 (untrained, at least one medium candidate, expert)")
         check(0.0 < self.medium_score < 100.0, "medium_score", self.medium_score, "must lie in (0, 100)")
         check(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "must be >= 1")
 
@@ -261,9 +263,14 @@ def concatenate(recordings: list[Recording]) -> Recording:
 
 
 def choose_medium(eval_returns: np.ndarray, refs: dict[str, float], target_score: float) -> int:
-    """Index of the snapshot (not the last, the expert) whose normalised score is closest to `target_score`."""
-    scores = datasets.normalized_score(refs, eval_returns[:-1])
-    return int(np.argmin(np.abs(scores - target_score)))
+    """Index of the trained snapshot (not the untrained first, not the last, the expert) whose normalised score is
+    closest to `target_score`.
+
+    The untrained policy is no candidate: on brax/hopper SAC's initial policy (actions near 0, sampled) stands
+    for about 400 steps and scored 57 against uniform actions' 0, so it would have been "medium".
+    """
+    scores = datasets.normalized_score(refs, eval_returns[1:-1])
+    return 1 + int(np.argmin(np.abs(scores - target_score)))
 
 
 def generate(config: GenerateConfig, behaviour: BehaviourRun | None = None) -> dict[str, dict[str, Any]]:

@@ -76,6 +76,16 @@ def test_tiers_are_random_medium_expert_replay_and_medium_expert_as_in_d4rl(pend
     assert (np.abs(medium["actions"]) <= 2.0).all()
 
 
+def test_medium_is_a_trained_snapshot_never_the_untrained_policy():
+    """brax/hopper with SAC: the untrained policy (actions near 0) stood for ~400 steps, normalised 57, closer to
+    40 than any trained snapshot; medium must still come from training (here the one at 16.7)."""
+    from rlzoo.envs.offline import choose_medium
+
+    refs = {"ref_min_score": 100.0, "ref_max_score": 700.0}
+    assert choose_medium(np.array([425.0, 150.0, 200.0, 700.0]), refs, 40.0) == 2
+    assert choose_medium(np.array([100.0, 350.0, 200.0, 700.0]), refs, 40.0) == 1
+
+
 @pytest.mark.slow
 def test_sac_is_a_behaviour_learner_too(tmp_path):
     """`--learner sac` (the brax tiers' learner): SAC's sampling policy after 14k Pendulum steps is the expert,
@@ -306,6 +316,7 @@ def test_a_d4rl_file_with_a_short_key_is_refused_before_pairing_rows(tmp_path):
     ({"tier_size": 1000, "num_envs": 3}, r"num_envs=3 is not allowed: must be >= 1 and divide tier_size \(1000\)"),
     ({"medium_score": 100.0}, r"medium_score=100.0 is not allowed: must lie in \(0, 100\)"),
     ({"learner": "dqn"}, "learner='dqn' is not allowed: one of ppo, sac"),
+    ({"num_snapshots": 2}, r"num_snapshots=2 is not allowed: must be >= 3 \(untrained, at least one medium"),
 ])
 def test_bad_generation_settings_are_clear_errors(options, message):
     from rlzoo.config import ConfigError
