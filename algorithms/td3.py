@@ -78,6 +78,7 @@ class Learner(NamedTuple):
     actor_opt_state: Any
     critic_opt_state: Any
     gradient_steps: jax.Array
+    actor_loss: jax.Array  # -Q_1(s, mu(s)) at the latest actor update (the metric between delayed steps)
 
 
 def smoothed_target_action(target_action: jax.Array, key: jax.Array, hp: HParams) -> jax.Array:
@@ -111,7 +112,7 @@ def make_train(config: Config) -> Trainer:
         critic_params = critic.init(critic_key, obs, jnp.zeros((config.num_envs, action_dim)))
         learner = Learner(actor_params, critic_params, actor_params, critic_params,
                           optax.adam(hp.actor_lr).init(actor_params), optax.adam(hp.critic_lr).init(critic_params),
-                          jnp.zeros((), jnp.int32))
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
         return sac.TrainState(learner, sac.init_buffer(config, obs, action_dim), env_state, obs, key,
                               jnp.zeros((), jnp.int32))
 
@@ -135,22 +136,27 @@ def make_train(config: Config) -> Trainer:
         updates, critic_opt_state = optax.adam(hp.critic_lr).update(grads, learner.critic_opt_state)
         critic_params = optax.apply_updates(learner.critic_params, updates)
 
-        q_fn = lambda obs, action: critic.apply(critic_params, obs, action)  # noqa: E731
-        pi_loss, grads = jax.value_and_grad(deterministic_policy_loss, argnums=1)(
-            actor, learner.actor_params, q_fn, batch.obs)
-        updates, actor_opt_state = optax.adam(hp.actor_lr).update(grads, learner.actor_opt_state)
+        def delayed_update(learner: Learner) -> Learner:
+            """The actor's deterministic policy gradient step, then Polyak steps of all targets."""
+            q_fn = lambda obs, action: critic.apply(critic_params, obs, action)  # noqa: E731
+            pi_loss, grads = jax.value_and_grad(deterministic_policy_loss, argnums=1)(
+                actor, learner.actor_params, q_fn, batch.obs)
+            updates, actor_opt_state = optax.adam(hp.actor_lr).update(grads, learner.actor_opt_state)
+            actor_params = optax.apply_updates(learner.actor_params, updates)
+            return learner._replace(
+                actor_params=actor_params, actor_opt_state=actor_opt_state,
+                target_actor_params=sac.polyak(learner.target_actor_params, actor_params, hp.tau),
+                target_critic_params=sac.polyak(learner.target_critic_params, critic_params, hp.tau),
+                actor_loss=pi_loss)
+
         gradient_steps = learner.gradient_steps + 1
+        learner = learner._replace(critic_params=critic_params, critic_opt_state=critic_opt_state,
+                                   gradient_steps=gradient_steps)
         delayed = gradient_steps % jnp.asarray(hp.policy_delay).astype(jnp.int32) == 0
-        select = lambda new, old: jax.tree.map(lambda n, o: jnp.where(delayed, n, o), new, old)  # noqa: E731
-        actor_params = select(optax.apply_updates(learner.actor_params, updates), learner.actor_params)
-        actor_opt_state = select(actor_opt_state, learner.actor_opt_state)
-        target_actor_params = select(sac.polyak(learner.target_actor_params, actor_params, hp.tau),
-                                     learner.target_actor_params)
-        target_critic_params = select(sac.polyak(learner.target_critic_params, critic_params, hp.tau),
-                                      learner.target_critic_params)
-        learner = Learner(actor_params, critic_params, target_actor_params, target_critic_params, actor_opt_state,
-                          critic_opt_state, gradient_steps)
-        return learner, {"critic_loss": q_loss, "actor_loss": pi_loss, "q_mean": q_mean}
+        # The delay is a traced HParam, so `cond` skips the actor's work on the other steps in a one-member
+        # program; under `vmap` over members XLA turns it into a select of both branches.
+        learner = jax.lax.cond(delayed, delayed_update, lambda learner: learner, learner)
+        return learner, {"critic_loss": q_loss, "actor_loss": learner.actor_loss, "q_mean": q_mean}
 
     def update(state: sac.TrainState, hp: HParams):
         policy = lambda key, obs: noisy_action(actor, state.learner.actor_params, obs, key,  # noqa: E731

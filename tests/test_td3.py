@@ -67,3 +67,28 @@ def test_bad_hparams_are_a_clear_error():
 def test_discrete_actions_are_refused():
     with pytest.raises(ConfigError, match="env_id='CartPole-v1' is not allowed: SAC, TD3 and i-SAC need continuous"):
         make_train(Config(env_id="CartPole-v1"))
+
+
+@pytest.mark.parametrize("num_members", [1, 2])  # one member: `cond` skips work; vmapped: a select
+def test_the_actor_and_targets_move_only_every_policy_delay_gradient_steps(num_members):
+    config = Config(total_timesteps=4 * 12, num_envs=4, learning_starts=8, utd_ratio=1, batch_size=8,
+                    hidden_sizes=(16, 16))
+    trainer = make_train(config)
+    hparams = jax.tree.map(lambda x: jnp.full((num_members,), x), HParams(policy_delay=3.0))
+    state = trainer.init_members(jax.random.split(jax.random.PRNGKey(0), num_members), hparams)
+    update = jax.jit(jax.vmap(trainer.update))
+    moved = []
+    for _ in range(config.num_updates):
+        new_state, metrics = update(state, hparams)
+        changed = lambda new, old: any(bool(jnp.any(n != o)) for n, o in  # noqa: E731
+                                       zip(jax.tree.leaves(new), jax.tree.leaves(old)))
+        learner, previous = new_state.learner, state.learner
+        moved.append((int(learner.gradient_steps[0]), changed(learner.critic_params, previous.critic_params),
+                      changed(learner.actor_params, previous.actor_params),
+                      changed(learner.target_critic_params, previous.target_critic_params)))
+        state = new_state
+    assert [m[0] for m in moved] == [0, 0, *range(1, 11)]  # 2 updates of random actions first
+    for steps, critic, actor, target in moved[2:]:
+        assert critic, steps
+        assert actor == target == (steps % 3 == 0), (steps, actor, target)
+    assert np.isfinite(np.asarray(metrics["actor_loss"])).all()
