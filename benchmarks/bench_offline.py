@@ -1,0 +1,188 @@
+"""Offline RL: CSVE and the baselines (BC, TD3+BC, IQL, CQL) on rlzoo's own D4RL-style datasets.
+
+First write the datasets (`python -m rlzoo.envs.offline`, one env per command),
+then train every algorithm on every (env, tier):
+
+    .venv/bin/python -m rlzoo.envs.offline --env-id brax/hopper --learner sac --out datasets ...
+    .venv/bin/python benchmarks/bench_offline.py --datasets datasets --envs brax/hopper brax/halfcheetah \
+        brax/walker2d --tiers medium medium-replay medium-expert --seeds 5 --updates 1000000
+
+Each (algorithm, env, tier) trains all seeds as one vmapped program with the
+dataset as a jit input (`Trainer.run_members`), each algorithm's own defaults
+(its paper's hyperparameters, 2x256 networks, batch 256), `--updates` gradient
+steps in chunks of `--chunk`. Then `--episodes` greedy episodes per seed on the
+dataset's env; a seed's score is D4RL's normalised score of their mean return,
+(return - random) / (expert - random) x 100, with the reference returns stored
+in the dataset. The evaluation program is compiled once per (algorithm, env) and
+reused for every tier. Writes `scores.json` (scores, times, settings) and a
+report per env (`rlzoo.report`: IQM, mean, median with stratified-bootstrap CIs
+over seeds, tiers as tasks) into `--out`, and prints the table of IQM [95% CI]
+per (env, tier). Results of other envs already in `scores.json` at the same
+budget are kept.
+
+`--timing`: the time for `--updates` gradient steps of one seed per algorithm on
+the first (env, tier), chunks compiled once and run back to back, and the time
+for 1M updates extrapolated from it (JAX-CORL's published single-GPU times for
+1M updates are 9-56 minutes, depending on the algorithm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlzoo import datasets
+from rlzoo.algorithms import bc, cql, csve, iql, td3_bc
+from rlzoo.evaluate import greedy_member_evaluator
+from rlzoo.offline import load_offline_data
+from rlzoo.report import aggregate_intervals, write_report
+from rlzoo.sweep import seed_keys
+
+HERE = Path(__file__).resolve().parent
+ALGORITHMS = {"BC": bc, "TD3+BC": td3_bc, "IQL": iql, "CQL": cql, "CSVE": csve}
+TIERS = ("medium", "medium-replay", "medium-expert")
+
+
+def dataset_path(folder: str, env_id: str, tier: str) -> Path:
+    return Path(folder) / env_id.replace("/", "-") / f"{tier}.hdf5"
+
+
+def broadcast(hparams, num_members: int):
+    """One HParams for every member: each leaf gets a leading axis of `num_members`."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num_members, *jnp.shape(x))), hparams)
+
+
+def train_members(trainer, hparams, num_seeds: int, num_updates: int, chunk: int):
+    """Init all seeds, then `num_updates // chunk` calls of one compiled chunk: (states, init_s, compile_s, run_s)."""
+    data = trainer.data
+    hp = broadcast(hparams, num_seeds)
+    start = time.perf_counter()
+    states = jax.block_until_ready(jax.jit(trainer.init_members)(seed_keys(0, num_seeds), hp, data))
+    init_s = time.perf_counter() - start
+    updates_per_chunk = chunk // trainer.env_steps_per_update
+    start = time.perf_counter()
+    program = jax.jit(lambda s, h, d: trainer.run_members(s, h, updates_per_chunk, d)[0]).lower(
+        states, hp, data).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(num_updates // chunk):
+        states = program(states, hp, data)
+    states = jax.block_until_ready(states)
+    return states, init_s, compile_s, time.perf_counter() - start
+
+
+def make_trainer(name: str, path: Path, updates: int, chunk: int):
+    data = load_offline_data(str(path))
+    module = ALGORITHMS[name]
+    config = module.Config(dataset=str(path), total_updates=updates, steps_per_update=chunk, episodes_per_eval=0)
+    return module.make_train(config, data), module.HParams(), data.metadata
+
+
+def bench_scores(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "scores.json").read_text()) if (out / "scores.json").exists() else {}
+    same_budget = (previous.get("updates"), previous.get("seeds")) == (args.updates, args.seeds)
+    scores = previous.get("scores", {}) if same_budget else {}
+    times = previous.get("times_s", {}) if same_budget else {}
+    references = previous.get("references", {}) if same_budget else {}
+    for env_id in args.envs:
+        for name in args.algos:
+            evaluator = None
+            for tier in args.tiers:
+                path = dataset_path(args.datasets, env_id, tier)
+                trainer, hparams, metadata = make_trainer(name, path, args.updates, args.chunk)
+                states, init_s, compile_s, run_s = train_members(trainer, hparams, args.seeds, args.updates,
+                                                                 args.chunk)
+                start = time.perf_counter()
+                evaluator = evaluator or greedy_member_evaluator(trainer, args.episodes)
+                returns = np.asarray(evaluator(states, jax.random.split(jax.random.PRNGKey(12345), args.seeds)))
+                eval_s = time.perf_counter() - start
+                normalised = datasets.normalized_score(metadata, returns)
+                task = f"{env_id}:{tier}"
+                scores.setdefault(name, {})[task] = np.round(np.asarray(normalised, np.float64), 2).tolist()
+                times.setdefault(name, {})[task] = {"init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
+                                                    "run_s": round(run_s, 1), "eval_s": round(eval_s, 1)}
+                references[task] = {k: metadata[k] for k in ("ref_min_score", "ref_max_score", "policy_return")}
+                print(f"{task} {name}: normalised {np.round(normalised, 1).tolist()} (returns "
+                      f"{np.round(returns, 1).tolist()}), {times[name][task]}", flush=True)
+                (out / "scores.json").write_text(json.dumps({
+                    "updates": args.updates, "seeds": args.seeds, "eval_episodes": args.episodes,
+                    "scores": scores, "times_s": times, "references": references,
+                    "datasets": args.datasets, "jax": jax.__version__,
+                    "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"},
+                    indent=2) + "\n")
+    print(score_table(scores, args.seeds))
+    for env_id in args.envs:
+        tasks = [f"{env_id}:{tier}" for tier in args.tiers]
+        per_label = {name: np.asarray([s[t] for t in tasks]).T for name, s in scores.items()
+                     if all(t in s for t in tasks)}
+        write_report(per_label, out / f"report_{env_id.replace('/', '_')}", tasks=tasks)
+
+
+def score_table(scores: dict[str, dict[str, list[float]]], num_seeds: int) -> str:
+    """Markdown: one row per (env, tier), one column per algorithm, IQM [95% CI] of the normalised score."""
+    tasks = sorted({task for per_task in scores.values() for task in per_task})
+    names = list(scores)
+    lines = [f"| dataset ({num_seeds} seeds) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for task in tasks:
+        cells = []
+        for name in names:
+            if task not in scores[name]:
+                cells.append("")
+                continue
+            point, low, high = aggregate_intervals(np.asarray(scores[name][task])[:, None])["iqm"]
+            cells.append(f"{point:.1f} [{low:.1f}, {high:.1f}]")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_timing(args) -> None:
+    path = dataset_path(args.datasets, args.envs[0], args.tiers[0])
+    rows = []
+    for name in args.algos:
+        trainer, hparams, _ = make_trainer(name, path, args.updates, args.chunk)
+        _, init_s, compile_s, run_s = train_members(trainer, hparams, 1, args.updates, args.chunk)
+        rows.append({"algo": name, "updates": args.updates, "init_s": round(init_s, 1),
+                     "compile_s": round(compile_s, 1), "run_s": round(run_s, 1),
+                     "minutes_per_1M_updates": round(run_s * 1e6 / args.updates / 60, 1)})
+        print(rows[-1], flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "timing.json").write_text(json.dumps({
+        "dataset": str(path), "rows": rows, "jax": jax.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"}, indent=2) + "\n")
+    print("| algorithm | updates timed | run s | min per 1M updates (extrapolated) | compile s | init s |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['algo']} | {row['updates']:,} | {row['run_s']} | {row['minutes_per_1M_updates']} | "
+              f"{row['compile_s']} | {row['init_s']} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="datasets", help="folder of <env>/<tier>.hdf5 (rlzoo.envs.offline)")
+    parser.add_argument("--envs", nargs="+", default=["brax/hopper", "brax/halfcheetah", "brax/walker2d"])
+    parser.add_argument("--tiers", nargs="+", default=list(TIERS))
+    parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--updates", type=int, default=1_000_000, help="gradient steps per seed")
+    parser.add_argument("--chunk", type=int, default=5_000, help="gradient steps per compiled call")
+    parser.add_argument("--episodes", type=int, default=10, help="greedy evaluation episodes per seed")
+    parser.add_argument("--out", default=str(HERE / "results" / "offline"))
+    parser.add_argument("--timing", action="store_true", help="time --updates steps of one seed per algorithm")
+    args = parser.parse_args()
+    if args.updates % args.chunk:
+        parser.error(f"--updates ({args.updates}) must be a multiple of --chunk ({args.chunk})")
+    bench_timing(args) if args.timing else bench_scores(args)
+
+
+if __name__ == "__main__":
+    main()
