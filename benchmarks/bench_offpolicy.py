@@ -100,6 +100,15 @@ def previous_results(path: Path, steps: int, seeds: int) -> tuple[dict, dict, di
     return previous["scores"], previous["settings"], previous["times_s"]
 
 
+def write_scores(path: Path, args, scores: dict, settings: dict, times: dict) -> None:
+    """Writes scores.json, keeping a hand-written "note" of the earlier file."""
+    note = json.loads(path.read_text()).get("note") if path.exists() else None
+    path.write_text(json.dumps({**({"note": note} if note else {}),
+        "steps": args.steps, "seeds": args.seeds, "eval_episodes": args.episodes, "scores": scores,
+        "settings": settings, "times_s": times, "jax": jax.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"}, indent=2) + "\n")
+
+
 def bench_returns(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +134,7 @@ def bench_returns(args) -> None:
                             alpha=0.15)
             print(f"{env_id} {name}: greedy {np.mean(scores[name][env_id]):.1f} "
                   f"(seeds {np.round(scores[name][env_id], 1).tolist()}), {times[name][env_id]}", flush=True)
+            write_scores(out / "scores.json", args, scores, settings, times)  # after each run: a crash keeps it
         ax.set(title=f"{env_id}, {args.seeds} seeds", xlabel="environment steps per seed",
                ylabel="training episode return")
         ax.legend()
@@ -132,10 +142,6 @@ def bench_returns(args) -> None:
         fig.savefig(out / f"curves_{env_id.replace('/', '_')}.png", dpi=110)
         plt.close(fig)
 
-    (out / "scores.json").write_text(json.dumps({
-        "steps": args.steps, "seeds": args.seeds, "eval_episodes": args.episodes, "scores": scores,
-        "settings": settings, "times_s": times, "jax": jax.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"}, indent=2) + "\n")
     for env_id in args.envs:
         per_label = {name: np.asarray(s[env_id])[:, None] for name, s in scores.items()}
         folder = out / f"report_{env_id.replace('/', '_')}"
