@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import datasets
@@ -43,7 +42,7 @@ from rlzoo.algorithms import bc, cql, csve, iql, td3_bc
 from rlzoo.evaluate import greedy_member_evaluator
 from rlzoo.offline import load_offline_data
 from rlzoo.report import aggregate_intervals, write_report
-from rlzoo.sweep import seed_keys
+from rlzoo.sweep import expand_members, make_grid, seed_keys
 
 HERE = Path(__file__).resolve().parent
 ALGORITHMS = {"BC": bc, "TD3+BC": td3_bc, "IQL": iql, "CQL": cql, "CSVE": csve}
@@ -54,17 +53,12 @@ def dataset_path(folder: str, env_id: str, tier: str) -> Path:
     return Path(folder) / env_id.replace("/", "-") / f"{tier}.hdf5"
 
 
-def broadcast(hparams, num_members: int):
-    """One HParams for every member: each leaf gets a leading axis of `num_members`."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num_members, *jnp.shape(x))), hparams)
-
-
 def train_members(trainer, hparams, num_seeds: int, num_updates: int, chunk: int):
     """Init all seeds, then `num_updates // chunk` calls of one compiled chunk: (states, init_s, compile_s, run_s)."""
     data = trainer.data
-    hp = broadcast(hparams, num_seeds)
+    keys, hp = expand_members(seed_keys(0, num_seeds), make_grid(hparams, {}).hparams)  # one configuration
     start = time.perf_counter()
-    states = jax.block_until_ready(jax.jit(trainer.init_members)(seed_keys(0, num_seeds), hp, data))
+    states = jax.block_until_ready(jax.jit(trainer.init_members)(keys, hp, data))
     init_s = time.perf_counter() - start
     updates_per_chunk = chunk // trainer.env_steps_per_update
     start = time.perf_counter()
