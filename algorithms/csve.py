@@ -13,7 +13,8 @@ Training has two phases, both inside the compiled program:
 
 0. In `init`: fit a probabilistic dynamics ensemble to the dataset (`rlzoo.dynamics.fit`: Gaussian over
    (s' - s, r), held-out early stopping, one jitted `lax.while_loop`). Its parameters then sit in the
-   learner state, frozen, and are checkpointed with it.
+   learner state, frozen, and are checkpointed with it. With `--model-seed` all seeds and sweep members
+   share one ensemble, fitted once.
 
 Then per gradient step, on a uniform minibatch (s, a, r, s') from the dataset (the steps of the authors'
 code, as summarised in the project's algorithm notes):
@@ -73,6 +74,9 @@ class Config(OfflineConfig):
     """Most epochs of dynamics training (it stops earlier when the held-out error stops improving)."""
     model_steps_per_epoch: int = 1_000
     """Most gradient steps per dynamics epoch."""
+    model_seed: int | None = None
+    """None: each seed and sweep member fits its own dynamics ensemble. An int: every member shares one
+    ensemble fitted from this seed; under `vmap` the fit then runs once instead of once per member."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -228,6 +232,8 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
     def init(key: jax.Array, hp: HParams, dataset: datasets.Dataset) -> Learner:
         """Step 0, the dynamics fit, then the networks and optimisers."""
         model_key, actor_key, value_key, critic_key = jax.random.split(key, 4)
+        if config.model_seed is not None:  # unbatched key and data: vmap leaves the fit unbatched
+            model_key = jax.random.PRNGKey(config.model_seed)
         model_params, _ = dynamics.fit(model_key, dataset, dynamics_config)
         obs, action = dataset.observations[:1], dataset.actions[:1]
         actor_params = nets.actor.init(actor_key, obs)

@@ -72,27 +72,45 @@ def train_members(trainer, hparams, num_seeds: int, num_updates: int, chunk: int
     return states, init_s, compile_s, time.perf_counter() - start
 
 
-def make_trainer(name: str, path: Path, updates: int, chunk: int):
+def make_trainer(name: str, path: Path, updates: int, chunk: int, csve_model_seed: int | None = None):
     data = load_offline_data(str(path))
     module = ALGORITHMS[name]
-    config = module.Config(dataset=str(path), total_updates=updates, steps_per_update=chunk, episodes_per_eval=0)
+    options = {"model_seed": csve_model_seed} if name == "CSVE" else {}
+    config = module.Config(dataset=str(path), total_updates=updates, steps_per_update=chunk, episodes_per_eval=0,
+                           **options)
     return module.make_train(config, data), module.HParams(), data.metadata
+
+
+def record_result(path: Path, args, name: str, task: str, result: dict) -> dict:
+    """Adds one (algorithm, task) result to `scores.json`, re-read just before writing so that benchmarks
+    running side by side into the same file keep each other's results; a file at another budget is replaced."""
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    same_budget = (previous.get("updates"), previous.get("seeds")) == (args.updates, args.seeds)
+    merged = {key: previous.get(key, {}) if same_budget else {}
+              for key in ("scores", "times_s", "references", "settings")}
+    merged["scores"].setdefault(name, {})[task] = result["scores"]
+    merged["times_s"].setdefault(name, {})[task] = result["times_s"]
+    merged["references"][task] = result["references"]
+    if name == "CSVE":
+        merged["settings"]["CSVE"] = {"model_seed": args.csve_model_seed}
+    path.write_text(json.dumps({
+        "updates": args.updates, "seeds": args.seeds, "eval_episodes": args.episodes, **merged,
+        "datasets": args.datasets, "jax": jax.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"}, indent=2) + "\n")
+    return merged["scores"]
 
 
 def bench_scores(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = json.loads((out / "scores.json").read_text()) if (out / "scores.json").exists() else {}
-    same_budget = (previous.get("updates"), previous.get("seeds")) == (args.updates, args.seeds)
-    scores = previous.get("scores", {}) if same_budget else {}
-    times = previous.get("times_s", {}) if same_budget else {}
-    references = previous.get("references", {}) if same_budget else {}
+    scores = {}
     for env_id in args.envs:
         for name in args.algos:
             evaluator = None
             for tier in args.tiers:
                 path = dataset_path(args.datasets, env_id, tier)
-                trainer, hparams, metadata = make_trainer(name, path, args.updates, args.chunk)
+                trainer, hparams, metadata = make_trainer(name, path, args.updates, args.chunk,
+                                                          args.csve_model_seed)
                 states, init_s, compile_s, run_s = train_members(trainer, hparams, args.seeds, args.updates,
                                                                  args.chunk)
                 start = time.perf_counter()
@@ -101,18 +119,13 @@ def bench_scores(args) -> None:
                 eval_s = time.perf_counter() - start
                 normalised = datasets.normalized_score(metadata, returns)
                 task = f"{env_id}:{tier}"
-                scores.setdefault(name, {})[task] = np.round(np.asarray(normalised, np.float64), 2).tolist()
-                times.setdefault(name, {})[task] = {"init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
-                                                    "run_s": round(run_s, 1), "eval_s": round(eval_s, 1)}
-                references[task] = {k: metadata[k] for k in ("ref_min_score", "ref_max_score", "policy_return")}
+                result = {"scores": np.round(np.asarray(normalised, np.float64), 2).tolist(),
+                          "times_s": {"init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
+                                      "run_s": round(run_s, 1), "eval_s": round(eval_s, 1)},
+                          "references": {k: metadata[k] for k in ("ref_min_score", "ref_max_score", "policy_return")}}
                 print(f"{task} {name}: normalised {np.round(normalised, 1).tolist()} (returns "
-                      f"{np.round(returns, 1).tolist()}), {times[name][task]}", flush=True)
-                (out / "scores.json").write_text(json.dumps({
-                    "updates": args.updates, "seeds": args.seeds, "eval_episodes": args.episodes,
-                    "scores": scores, "times_s": times, "references": references,
-                    "datasets": args.datasets, "jax": jax.__version__,
-                    "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"},
-                    indent=2) + "\n")
+                      f"{np.round(returns, 1).tolist()}), {result['times_s']}", flush=True)
+                scores = record_result(out / "scores.json", args, name, task, result)
     print(score_table(scores, args.seeds))
     for env_id in args.envs:
         tasks = [f"{env_id}:{tier}" for tier in args.tiers]
@@ -142,7 +155,7 @@ def bench_timing(args) -> None:
     path = dataset_path(args.datasets, args.envs[0], args.tiers[0])
     rows = []
     for name in args.algos:
-        trainer, hparams, _ = make_trainer(name, path, args.updates, args.chunk)
+        trainer, hparams, _ = make_trainer(name, path, args.updates, args.chunk, args.csve_model_seed)
         _, init_s, compile_s, run_s = train_members(trainer, hparams, 1, args.updates, args.chunk)
         rows.append({"algo": name, "updates": args.updates, "init_s": round(init_s, 1),
                      "compile_s": round(compile_s, 1), "run_s": round(run_s, 1),
@@ -171,6 +184,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=5_000, help="gradient steps per compiled call")
     parser.add_argument("--episodes", type=int, default=10, help="greedy evaluation episodes per seed")
     parser.add_argument("--out", default=str(HERE / "results" / "offline"))
+    parser.add_argument("--csve-model-seed", type=int, default=None,
+                        help="CSVE's seeds share one dynamics ensemble fitted from this seed (default: one per seed)")
     parser.add_argument("--timing", action="store_true", help="time --updates steps of one seed per algorithm")
     args = parser.parse_args()
     if args.updates % args.chunk:

@@ -127,15 +127,24 @@ def speed(sizes: list[str], lengths: list[int], models: list[str], epochs: int, 
     return rows
 
 
+CARD_TASK = HParams(lr=3e-3, gamma=0.5, gae_lambda=0.9)  # an answer's reward is immediate: short horizon
 RETURN_TASKS = {
-    "RepeatPrevious-Easy": HParams(lr=3e-3, gamma=0.5, gae_lambda=0.9),
+    "RepeatPrevious-Easy": CARD_TASK,
     "StatelessCartPole-Easy": HParams(lr=3e-3),
     "meta/CartPole-v1": HParams(lr=3e-3),  # 4 trials per meta-episode under a random observation projection
+    "RepeatFirst-Easy": CARD_TASK,
+    "CountRecall-Easy": CARD_TASK,
+    "Autoencode-Easy": CARD_TASK,
+    "NoisyStatelessCartPole-Easy": HParams(lr=3e-3),
+    "StatelessPendulum-Easy": HParams(lr=3e-3),
+    "RepeatPrevious-Medium": CARD_TASK,
+    "StatelessCartPole-Medium": HParams(lr=3e-3),
 }
 RETURN_MODEL = dict(num_layers=1, d_model=32, state_size=32, num_envs=32, num_steps=128, num_minibatches=4)
 
 
-def returns(tasks: list[str], models: list[str], seeds: int, steps: int) -> list[dict]:
+def returns(tasks: list[str], models: list[str], seeds: int, steps: int, path: Path, machine: dict) -> list[dict]:
+    """Trains every (task, model) and writes `path` after each, keeping other (task, model) rows already there."""
     rows = []
     for env_id in tasks:
         for model in models:
@@ -148,7 +157,19 @@ def returns(tasks: list[str], models: list[str], seeds: int, steps: int) -> list
                          "final_return_per_seed": final.tolist(), "mean": float(final.mean()),
                          "min": float(final.min()), "wall_s": time.perf_counter() - start})
             print(rows[-1], flush=True)
+            write_returns(path, rows, machine)
     return rows
+
+
+def write_returns(path: Path, rows: list[dict], machine: dict) -> None:
+    """`rows` plus the rows of other (task, model) pairs already in `path`; each row records its budget."""
+    ran = {(row["env_id"], row["sequence_model"]) for row in rows}
+    kept = [row for row in json.loads(path.read_text())["results"]
+            if (row["env_id"], row["sequence_model"]) not in ran] if path.exists() else []
+    payload = {"machine": machine, "settings": {"model": RETURN_MODEL, "hparams": {
+        k: {f: float(getattr(v, f)) for f in ("lr", "gamma", "gae_lambda")} for k, v in RETURN_TASKS.items()}},
+        "results": kept + rows}
+    path.write_text(json.dumps(payload, indent=2))
 
 
 def main() -> None:
@@ -180,17 +201,7 @@ def main() -> None:
                    "results": rows}
         (args.out / args.speed_file).write_text(json.dumps(payload, indent=2))
     if args.part in ("returns", "all"):
-        rows = returns(args.tasks, args.models, args.seeds, args.steps)
-        path = args.out / "returns.json"
-        if path.exists():  # keep the other (task, model) rows of earlier runs; each row records its budget
-            ran = {(row["env_id"], row["sequence_model"]) for row in rows}
-            rows = [row for row in json.loads(path.read_text())["results"]
-                    if (row["env_id"], row["sequence_model"]) not in ran] + rows
-        payload = {"machine": machine, "settings": {"model": RETURN_MODEL, "hparams": {
-            k: {f: float(getattr(v, f)) for f in ("lr", "gamma", "gae_lambda")} for k, v in RETURN_TASKS.items()}},
-            "results": rows}
-        (args.out / "returns.json").write_text(json.dumps(payload, indent=2))
-
+        returns(args.tasks, args.models, args.seeds, args.steps, args.out / "returns.json", machine)
 
 if __name__ == "__main__":
     main()

@@ -162,3 +162,19 @@ def test_bad_config_is_a_clear_error(options, message):
 def test_bad_coefficients_are_a_clear_error(field, value):
     with pytest.raises(ConfigError, match=f"{field}={value} is not allowed"):
         check_hparams(csve.HParams(**{field: value}))
+
+
+@pytest.mark.parametrize("model_seed", [None, 3])
+def test_model_seed_makes_all_members_share_one_dynamics_fit(model_seed, medium):
+    """With `model_seed` the members' ensembles are one fit (the same for any run seed); without, each its own."""
+    config = csve.Config(dataset=medium, total_updates=1, steps_per_update=1, episodes_per_eval=0,
+                         hidden_sizes=(8,), model_members=2, model_hidden_sizes=(8,), model_max_epochs=2,
+                         model_steps_per_epoch=5, model_seed=model_seed)
+    trainer = csve.make_train(config)
+    hp = jax.tree.map(lambda x: np.full((2,), x, np.float32), csve.HParams())
+    states = jax.jit(trainer.init_members)(jax.random.split(jax.random.PRNGKey(0), 2), hp, trainer.data)
+    single = jax.jit(trainer.init)(jax.random.PRNGKey(7), csve.HParams(), trainer.data)
+    first, second = (jax.tree.map(lambda x: x[i], states.learner.model_params.weights) for i in (0, 1))
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    assert same(first, second) == (model_seed is not None)
+    assert same(first, single.learner.model_params.weights) == (model_seed is not None)
