@@ -30,7 +30,8 @@ S5 runs with `scan="auto"` (sequential on CPU) unless the model is "s5-associati
 
 Returns: each (task, model) trains `--seeds` seeds as one vmapped program and
 reports the mean of each env's last finished training episode, per seed (on
-meta/CartPole-v1 an episode is a meta-episode of 4 trials, at most 2,000).
+meta/CartPole-v1 an episode is a meta-episode of 4 trials, at most 2,000); on
+meta tasks also each trial's mean return over 16 greedy meta-episodes per seed.
 Rows of other (task, model) pairs already in `returns.json` are kept.
 
 Writes `benchmarks/results/s5/speed.json` and/or `returns.json`.
@@ -50,6 +51,8 @@ import jax
 import numpy as np
 
 from rlzoo.algorithms.ppo_s5 import Config, HParams, make_train
+from rlzoo.envs.meta import trial_done_flag, trial_returns
+from rlzoo.evaluate import evaluate_policy_of
 from rlzoo.sweep import seed_keys
 
 SIZES = {
@@ -143,19 +146,40 @@ RETURN_TASKS = {
 RETURN_MODEL = dict(num_layers=1, d_model=32, state_size=32, num_envs=32, num_steps=128, num_minibatches=4)
 
 
+TRIAL_EPISODES = 16  # greedy meta-episodes per seed for the per-trial returns
+
+
+def greedy_trial_returns(trainer: Any, states: Any, num_episodes: int) -> np.ndarray:
+    """[seeds, trials]: mean return of each trial of `num_episodes` greedy meta-episodes per seed."""
+    num_trials = trainer.eval_env.num_trials
+
+    def one_seed(state: Any, key: jax.Array) -> jax.Array:
+        record = lambda ts: (ts.reward, trial_done_flag(ts.final_obs))  # noqa: E731
+        rewards, done = evaluate_policy_of(trainer, state, key, num_episodes, True, record).trace
+        return trial_returns(rewards, done, num_trials).mean(0)
+
+    num_seeds = jax.tree.leaves(states)[0].shape[0]
+    keys = jax.random.split(jax.random.PRNGKey(2024), num_seeds)
+    return np.asarray(jax.jit(jax.vmap(one_seed))(states, keys), np.float64)
+
+
 def returns(tasks: list[str], models: list[str], seeds: int, steps: int, path: Path, machine: dict) -> list[dict]:
     """Trains every (task, model) and writes `path` after each, keeping other (task, model) rows already there."""
     rows = []
     for env_id in tasks:
         for model in models:
             config = Config(env_id=env_id, total_timesteps=steps, sequence_model=model, **RETURN_MODEL)
+            trainer = make_train(config)
             start = time.perf_counter()
-            _, metrics = jax.jit(jax.vmap(make_train(config), in_axes=(0, None)))(
-                seed_keys(0, seeds), RETURN_TASKS[env_id])
+            states, metrics = jax.jit(jax.vmap(trainer, in_axes=(0, None)))(seed_keys(0, seeds), RETURN_TASKS[env_id])
             final = np.asarray(metrics["episode_return"][:, -1], np.float64)
             rows.append({"env_id": env_id, "sequence_model": model, "env_steps": steps, "seeds": seeds,
                          "final_return_per_seed": final.tolist(), "mean": float(final.mean()),
                          "min": float(final.min()), "wall_s": time.perf_counter() - start})
+            if env_id.startswith("meta/"):
+                per_trial = greedy_trial_returns(trainer, states, TRIAL_EPISODES)
+                rows[-1]["greedy_trial_returns_per_seed"] = np.round(per_trial, 2).tolist()
+                rows[-1]["greedy_trial_returns_mean"] = np.round(per_trial.mean(0), 2).tolist()
             print(rows[-1], flush=True)
             write_returns(path, rows, machine)
     return rows

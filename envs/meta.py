@@ -19,6 +19,10 @@ gymnax-1.x flags, kept apart: `step(key, state, action) -> (state, obs, reward,
 terminated, truncated, final_obs)`; anything else is refused with an error that
 says what is missing.
 
+`trial_returns` splits a meta-episode's rewards by trial (the flag in the agent's
+observation marks where a trial ended), to see whether an agent does better in
+later trials than in the first: the signature of in-context learning.
+
 Not here: the tasks themselves, or held-out task splits (draw another key).
 """
 
@@ -63,6 +67,23 @@ def check_env_flags(env: Any) -> None:
         raise ConfigError(f"env {name!r} cannot be meta-wrapped: its step must return (state, obs, reward, "
                           "terminated, truncated, final_obs) with boolean terminated and truncated flags "
                           "(gymnax 1.x semantics); the wrapper needs them to count trials")
+
+
+def trial_done_flag(obs: chex.Array) -> chex.Array:
+    """The trial-done flag of `MetaRLEnv` observations [..., obs_dim]: the last entry (see `_observe`)."""
+    return obs[..., -1] > 0.5
+
+
+def trial_returns(rewards: chex.Array, trial_done: chex.Array, num_trials: int) -> chex.Array:
+    """Return of each trial of the first meta-episode: rewards and trial_done [T, N] -> [N, num_trials].
+
+    Step t belongs to trial sum_{u<t} trial_done[u]; steps of later meta-episodes (trial >= num_trials) are
+    dropped, and a trial not finished within T counts what it got so far.
+    """
+    chex.assert_equal_shape([rewards, trial_done])
+    done = trial_done.astype(jnp.int32)
+    trial = jnp.cumsum(done, axis=0) - done
+    return jnp.einsum("tn,tnk->nk", rewards.astype(jnp.float32), jax.nn.one_hot(trial, num_trials))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,15 +30,17 @@ from rlzoo.env_adapter import Env, VecEnv
 class EvalResult(NamedTuple):
     episode_return: jax.Array  # [num_episodes]
     episode_length: jax.Array  # [num_episodes]
+    trace: Any = None  # record(timestep) of every step, stacked: [max_steps, num_episodes, ...] leaves
 
 
 def evaluate(act: Callable[..., Any], env: Env, key: jax.Array, num_episodes: int, max_steps: int,
-             initial_carry: Any = None) -> EvalResult:
+             initial_carry: Any = None, record: Callable[[Any], Any] | None = None) -> EvalResult:
     """Returns and lengths of the first episode of `num_episodes` parallel copies of `env`.
 
     `act(key, obs) -> action`; for a recurrent agent, pass `initial_carry` (its
     hidden state for `num_episodes` envs at an episode start) and
-    `act(key, obs, carry) -> (action, carry)`.
+    `act(key, obs, carry) -> (action, carry)`. `record(timestep)`, if given, is kept
+    for every step (also after an env's first episode; mask with the lengths) as `trace`.
     """
     vec_env = VecEnv(env, num_episodes, clip_actions=True)
     reset_key, run_key = jax.random.split(key)
@@ -57,27 +59,29 @@ def evaluate(act: Callable[..., Any], env: Env, key: jax.Array, num_episodes: in
         returns = returns + jnp.where(running, ts.reward, 0.0)
         lengths = lengths + running
         running = running & ~(ts.terminated | ts.truncated)
-        return (env_state, ts.obs, returns, lengths, running, agent_carry), None
+        return (env_state, ts.obs, returns, lengths, running, agent_carry), None if record is None else record(ts)
 
     init = (env_state, obs, zeros, zeros.astype(jnp.int32), unfinished, initial_carry)
-    (_, _, returns, lengths, _, _), _ = jax.lax.scan(step, init, jax.random.split(run_key, max_steps))
-    return EvalResult(returns, lengths)
+    (_, _, returns, lengths, _, _), trace = jax.lax.scan(step, init, jax.random.split(run_key, max_steps))
+    return EvalResult(returns, lengths, trace)
 
 
-def evaluate_policy_of(trainer: Any, state: Any, key: jax.Array, num_episodes: int, greedy: bool) -> EvalResult:
+def evaluate_policy_of(trainer: Any, state: Any, key: jax.Array, num_episodes: int, greedy: bool,
+                       record: Callable[[Any], Any] | None = None) -> EvalResult:
     """`evaluate` of one member's policy, `trainer.act(state, key, obs, greedy)`, on `trainer.eval_env`.
 
     For a recurrent agent (`trainer.act_carry` set) the hidden state starts at
     `trainer.act_carry(num_episodes)` and is threaded through
     `trainer.act(state, key, obs, greedy, carry) -> (action, carry)`. Episodes last
-    at most the env's `max_episode_steps` (1000 if unset).
+    at most the env's `max_episode_steps` (1000 if unset). `record`: as in `evaluate`.
     """
     max_steps = trainer.eval_env.spec.max_episode_steps or 1000
     if trainer.act_carry is None:
         policy = lambda k, obs: trainer.act(state, k, obs, greedy)  # noqa: E731
-        return evaluate(policy, trainer.eval_env, key, num_episodes, max_steps)
+        return evaluate(policy, trainer.eval_env, key, num_episodes, max_steps, record=record)
     recurrent_policy = lambda k, obs, carry: trainer.act(state, k, obs, greedy, carry)  # noqa: E731
-    return evaluate(recurrent_policy, trainer.eval_env, key, num_episodes, max_steps, trainer.act_carry(num_episodes))
+    return evaluate(recurrent_policy, trainer.eval_env, key, num_episodes, max_steps, trainer.act_carry(num_episodes),
+                    record)
 
 
 def greedy_member_evaluator(trainer: Any, num_episodes: int = 10) -> Callable[[Any, jax.Array], jax.Array]:

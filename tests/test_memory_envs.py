@@ -177,3 +177,30 @@ def test_meta_wrapper_projects_continuous_actions_and_works_over_brax():
     assert obs.shape == brax_env.spec.obs_shape == (4 + 1 + 2,)
     _, obs, *_ = jax.jit(brax_env.step)(jax.random.PRNGKey(14), state, jnp.ones((1,)))
     assert np.isfinite(np.asarray(obs)).all()
+
+
+def test_trial_returns_split_a_meta_episode_at_the_trial_done_flags():
+    from rlzoo.envs.meta import trial_returns
+
+    rewards = jnp.array([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]])
+    done = jnp.array([[False], [True], [True], [False], [True], [False]])  # trials end at steps 1, 2, 4
+    np.testing.assert_allclose(trial_returns(rewards, done, 3), [[3.0, 3.0, 9.0]])  # step 5 is the next meta-episode
+    np.testing.assert_allclose(trial_returns(rewards, done, 4), [[3.0, 3.0, 9.0, 6.0]])
+
+
+def test_trial_returns_of_evaluated_meta_episodes_add_up_to_the_episode_return():
+    """Random play of meta/CartPole (reward 1 per step): each trial's return is its length, and they sum to the
+    meta-episode's return that `evaluate` reports."""
+    from rlzoo.envs.meta import MetaRLEnv, trial_done_flag, trial_returns
+    from rlzoo.evaluate import evaluate
+
+    env = MetaRLEnv(make_env("CartPole-v1"), num_trials=3)
+    act = lambda key, obs: jax.random.randint(key, obs.shape[:1], 0, 2)  # noqa: E731
+    result = jax.jit(lambda key: evaluate(act, env, key, 8, 400, record=lambda ts: (
+        ts.reward, trial_done_flag(ts.final_obs))))(jax.random.PRNGKey(3))
+    rewards, done = result.trace
+    per_trial = np.asarray(trial_returns(rewards, done, 3))
+    np.testing.assert_allclose(per_trial.sum(1), result.episode_return)
+    assert per_trial.shape == (8, 3) and (per_trial >= 8).all() and (per_trial < 100).all()  # random CartPole
+    first_trial_length = np.argmax(np.asarray(done), axis=0) + 1
+    np.testing.assert_allclose(per_trial[:, 0], first_trial_length)
