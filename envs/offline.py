@@ -166,13 +166,16 @@ def train_behaviour(config: GenerateConfig) -> BehaviourRun:
     max_steps = trainer.eval_env.spec.max_episode_steps or 1000
     score = jax.jit(lambda s, key: evaluate(lambda k, obs: trainer.act(s, k, obs, False), trainer.eval_env, key,
                                             config.eval_episodes, max_steps).episode_return.mean())
-    snapshots, env_steps, returns = [state], [0], [score(state, jax.random.PRNGKey(config.seed + 1))]
+    # One program in flight at a time: with training and scoring dispatched together, XLA CPU (jax 0.10.2, 2 cores)
+    # once deadlocked here, every thread idle and the host waiting in Execute's in-flight semaphore.
+    snapshots, env_steps = [state], [0]
+    returns = [float(score(state, jax.random.PRNGKey(config.seed + 1)))]
     for i in range(intervals):
-        state = run(state)
+        state = jax.block_until_ready(run(state))
         snapshots.append(state)
         env_steps.append((i + 1) * per_interval * trainer.env_steps_per_update)
-        returns.append(score(state, jax.random.PRNGKey(config.seed + 2 + i)))
-    returns = np.asarray(jax.device_get(returns), np.float64)
+        returns.append(float(score(state, jax.random.PRNGKey(config.seed + 2 + i))))
+    returns = np.asarray(returns, np.float64)
     return BehaviourRun(trainer, snapshots, env_steps, returns, time.perf_counter() - start)
 
 
