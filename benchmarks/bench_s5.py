@@ -53,6 +53,7 @@ import numpy as np
 from rlzoo.algorithms.ppo_s5 import Config, HParams, make_train
 from rlzoo.envs.meta import trial_done_flag, trial_returns
 from rlzoo.evaluate import evaluate_policy_of
+from rlzoo.report import aggregate_intervals
 from rlzoo.sweep import seed_keys
 
 SIZES = {
@@ -142,6 +143,8 @@ RETURN_TASKS = {
     "StatelessPendulum-Easy": HParams(lr=3e-3),
     "RepeatPrevious-Medium": CARD_TASK,
     "StatelessCartPole-Medium": HParams(lr=3e-3),
+    "RepeatPrevious-Hard": CARD_TASK,
+    "StatelessCartPole-Hard": HParams(lr=3e-3),
 }
 RETURN_MODEL = dict(num_layers=1, d_model=32, state_size=32, num_envs=32, num_steps=128, num_minibatches=4)
 
@@ -196,9 +199,30 @@ def write_returns(path: Path, rows: list[dict], machine: dict) -> None:
     path.write_text(json.dumps(payload, indent=2))
 
 
+def returns_table(path: Path) -> str:
+    """Markdown: one row per task, IQM [95% CI] over seeds of each model's final return (`rlzoo.report`)."""
+    rows = json.loads(path.read_text())["results"]
+    models = list(dict.fromkeys(row["sequence_model"] for row in rows))
+    tasks = list(dict.fromkeys(row["env_id"] for row in rows))
+    cells = {(row["env_id"], row["sequence_model"]): row for row in rows}
+    lines = ["| task | steps | seeds | " + " | ".join(models) + " |", "|---" * (len(models) + 3) + "|"]
+    for task in tasks:
+        first = next(cells[task, m] for m in models if (task, m) in cells)
+        entries = []
+        for model in models:
+            if (task, model) not in cells:
+                entries.append("")
+                continue
+            point, low, high = aggregate_intervals(np.asarray(cells[task, model]["final_return_per_seed"])[:, None])["iqm"]
+            entries.append(f"{point:.2f} [{low:.2f}, {high:.2f}]")
+        lines.append(f"| {task} | {first['env_steps']:.0e} | {first['seeds']} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["speed", "returns", "all"], default="all")
+    parser.add_argument("--part", choices=["speed", "returns", "all", "table"], default="all",
+                        help="table: print the IQM [95%% CI] table of returns.json, run nothing")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["small", "reference"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 1024, 4096])
     parser.add_argument("--speed-models", nargs="+", choices=["s5", "s5-associative", "gru", "none"], default=["s5", "gru"])
@@ -214,6 +238,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/s5"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.part == "table":
+        print(returns_table(args.out / "returns.json"))
+        return
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
                "load_average_at_start": os.getloadavg()}
