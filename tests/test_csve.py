@@ -164,15 +164,34 @@ def test_bad_coefficients_are_a_clear_error(field, value):
         check_hparams(csve.HParams(**{field: value}))
 
 
+def while_loop_shapes(jaxpr) -> list[tuple[int, ...]]:
+    """Shape of the first output of every `while` loop in a jaxpr, nested jaxprs included."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "while":
+            shapes.append(tuple(eqn.outvars[0].aval.shape))
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                shapes += while_loop_shapes(inner)
+    return shapes
+
+
 @pytest.mark.parametrize("model_seed", [None, 3])
 def test_model_seed_makes_all_members_share_one_dynamics_fit(model_seed, medium):
-    """With `model_seed` the members' ensembles are one fit (the same for any run seed); without, each its own."""
+    """With `model_seed` the members' ensembles are one fit (the same for any run seed), run once: the fit's
+    while loop carries [model members, ...] weights, not [run members, model members, ...]; without, each
+    run member fits its own."""
     config = csve.Config(dataset=medium, total_updates=1, steps_per_update=1, episodes_per_eval=0,
                          hidden_sizes=(8,), model_members=2, model_hidden_sizes=(8,), model_max_epochs=2,
                          model_steps_per_epoch=5, model_seed=model_seed)
     trainer = csve.make_train(config)
     hp = jax.tree.map(lambda x: np.full((2,), x, np.float32), csve.HParams())
-    states = jax.jit(trainer.init_members)(jax.random.split(jax.random.PRNGKey(0), 2), hp, trainer.data)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    states = jax.jit(trainer.init_members)(keys, hp, trainer.data)
+    fit_weights = while_loop_shapes(jax.make_jaxpr(trainer.init_members)(keys, hp, trainer.data).jaxpr)
+    obs_and_action = trainer.data.observations.shape[1] + trainer.data.actions.shape[1]
+    assert fit_weights == [(2, obs_and_action, 8) if model_seed is not None else (2, 2, obs_and_action, 8)]
     single = jax.jit(trainer.init)(jax.random.PRNGKey(7), csve.HParams(), trainer.data)
     first, second = (jax.tree.map(lambda x: x[i], states.learner.model_params.weights) for i in (0, 1))
     same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
