@@ -86,6 +86,19 @@ def test_medium_is_a_trained_snapshot_never_the_untrained_policy():
     assert choose_medium(np.array([100.0, 350.0, 200.0, 700.0]), refs, 40.0) == 1
 
 
+def test_an_expert_no_better_than_random_actions_is_a_clear_error():
+    """brax/walker2d with SAC after 1e5 steps: expert 232.3 against random 254.4 would invert every score."""
+    from rlzoo.config import ConfigError
+    from rlzoo.envs.offline import GenerateConfig, reference_returns
+
+    config = GenerateConfig(env_id="brax/walker2d", learner="sac", behaviour_timesteps=100_000)
+    with pytest.raises(ConfigError, match=r"behaviour_timesteps=100000 is not allowed for brax/walker2d: the expert "
+                                          r"\(the sac learner's final policy\) returned 232.3, not more than uniform "
+                                          r"random actions' 254.4"):
+        reference_returns(config, 254.4, 232.3)
+    assert reference_returns(config, 108.6, 641.6) == {"ref_min_score": 108.6, "ref_max_score": 641.6}
+
+
 @pytest.mark.slow
 def test_sac_is_a_behaviour_learner_too(tmp_path):
     """`--learner sac` (the brax tiers' learner): SAC's sampling policy after 14k Pendulum steps is the expert,
