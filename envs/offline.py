@@ -74,6 +74,10 @@ class GenerateConfig:
     """Behaviour learner, a key of BEHAVIOUR_LEARNERS."""
     behaviour_timesteps: int = 0
     """Environment steps of behaviour training (0: the learner's default for this env)."""
+    behaviour_num_envs: int = 0
+    """Parallel environments of behaviour training (0: the learner's default for this env)."""
+    behaviour_utd_ratio: int = 0
+    """Gradient steps per vectorised env step of an off-policy learner (0: its default; sac only)."""
     num_snapshots: int = 33
     """Policy snapshots: the untrained policy, then one after each equal share of training (all but the first and
     last are medium candidates)."""
@@ -92,6 +96,9 @@ class GenerateConfig:
               f"must be >= 1 and divide tier_size ({self.tier_size})")
         check(self.learner in BEHAVIOUR_LEARNERS, "learner", self.learner, f"one of {', '.join(BEHAVIOUR_LEARNERS)}")
         check(self.behaviour_timesteps >= 0, "behaviour_timesteps", self.behaviour_timesteps, "must be >= 0")
+        check(self.behaviour_num_envs >= 0, "behaviour_num_envs", self.behaviour_num_envs, "must be >= 0")
+        check(self.behaviour_utd_ratio >= 0 and (self.behaviour_utd_ratio == 0 or self.learner == "sac"),
+              "behaviour_utd_ratio", self.behaviour_utd_ratio, "must be >= 0, and 0 unless learner is sac")
         check(self.num_snapshots >= 3, "num_snapshots", self.num_snapshots,
               "must be >= 3 (untrained, at least one medium candidate, expert)")
         check(0.0 < self.medium_score < 100.0, "medium_score", self.medium_score, "must lie in (0, 100)")
@@ -101,22 +108,24 @@ class GenerateConfig:
 # --------------------------------------------------------------------------- behaviour learners
 
 
-def ppo_learner(env_id: str, timesteps: int, backend: str) -> tuple[Trainer, Any]:
+def ppo_learner(generate: GenerateConfig) -> tuple[Trainer, Any]:
     """PPO with the settings that learn Pendulum-v1 in tests, or PureJaxRL's brax settings."""
     from rlzoo.algorithms import ppo
 
-    if env_id.startswith("brax/"):
-        config = ppo.Config(env_id=env_id, total_timesteps=timesteps or 20_000_000, num_envs=2048, num_steps=10,
-                            num_minibatches=32, hidden_sizes=(256, 256), brax_backend=backend)
+    timesteps, num_envs = generate.behaviour_timesteps, generate.behaviour_num_envs
+    if generate.env_id.startswith("brax/"):
+        config = ppo.Config(env_id=generate.env_id, total_timesteps=timesteps or 20_000_000,
+                            num_envs=num_envs or 2048, num_steps=10, num_minibatches=32, hidden_sizes=(256, 256),
+                            brax_backend=generate.brax_backend)
         hparams = ppo.HParams(lr=3e-4, ent_coef=0.0)
     else:
-        config = ppo.Config(env_id=env_id, total_timesteps=timesteps or 131_072, num_envs=32, num_steps=64,
-                            num_epochs=10, num_minibatches=8)
+        config = ppo.Config(env_id=generate.env_id, total_timesteps=timesteps or 131_072, num_envs=num_envs or 32,
+                            num_steps=64, num_epochs=10, num_minibatches=8)
         hparams = ppo.HParams(lr=1e-3, gamma=0.95, ent_coef=0.0)
     return ppo.make_train(config), hparams
 
 
-def sac_learner(env_id: str, timesteps: int, backend: str) -> tuple[Trainer, Any]:
+def sac_learner(generate: GenerateConfig) -> tuple[Trainer, Any]:
     """SAC with the brax settings of `benchmarks/bench_offpolicy.py` (16 envs, 2 gradient steps per vectorised step),
     or its Pendulum-v1 defaults; far fewer env steps than PPO for the same return on brax.
 
@@ -124,16 +133,20 @@ def sac_learner(env_id: str, timesteps: int, backend: str) -> tuple[Trainer, Any
     """
     from rlzoo.algorithms import sac
 
-    if env_id.startswith("brax/"):
+    timesteps, num_envs, utd = generate.behaviour_timesteps, generate.behaviour_num_envs, generate.behaviour_utd_ratio
+    if generate.env_id.startswith("brax/"):
         steps = timesteps or 1_000_000
-        config = sac.Config(env_id=env_id, total_timesteps=steps, num_envs=16, utd_ratio=2, learning_starts=5_000,
-                            buffer_size=min(max(steps, 100_000), 1_000_000), brax_backend=backend)
+        config = sac.Config(env_id=generate.env_id, total_timesteps=steps, num_envs=num_envs or 16,
+                            utd_ratio=utd or 2, learning_starts=5_000, buffer_size=min(max(steps, 100_000), 1_000_000),
+                            brax_backend=generate.brax_backend)
     else:
-        config = sac.Config(env_id=env_id, total_timesteps=timesteps or 20_000)
+        defaults = sac.Config()
+        config = sac.Config(env_id=generate.env_id, total_timesteps=timesteps or 20_000,
+                            num_envs=num_envs or defaults.num_envs, utd_ratio=utd or defaults.utd_ratio)
     return sac.make_train(config), sac.HParams()
 
 
-BEHAVIOUR_LEARNERS: dict[str, Callable[[str, int, str], tuple[Trainer, Any]]] = {"ppo": ppo_learner,
+BEHAVIOUR_LEARNERS: dict[str, Callable[[GenerateConfig], tuple[Trainer, Any]]] = {"ppo": ppo_learner,
                                                                                   "sac": sac_learner}
 
 
@@ -153,8 +166,7 @@ def train_behaviour(config: GenerateConfig) -> BehaviourRun:
     The intervals are `num_updates // (num_snapshots - 1)` updates each; the
     remaining updates, fewer than `num_snapshots - 1`, are not run.
     """
-    trainer, hparams = BEHAVIOUR_LEARNERS[config.learner](config.env_id, config.behaviour_timesteps,
-                                                          config.brax_backend)
+    trainer, hparams = BEHAVIOUR_LEARNERS[config.learner](config)
     intervals = config.num_snapshots - 1
     per_interval = trainer.num_updates // intervals  # equal intervals: one compiled program; the remainder is not run
     if per_interval < 1:

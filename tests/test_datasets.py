@@ -324,12 +324,33 @@ def test_a_d4rl_file_with_a_short_key_is_refused_before_pairing_rows(tmp_path):
         datasets.load(write_hdf5(tmp_path / "short.hdf5", arrays))
 
 
+def test_behaviour_envs_and_utd_ratio_reach_the_learner_and_zero_keeps_its_defaults(monkeypatch):
+    """walker2d's CPU tiers need SAC at one gradient step per env step (4 envs, utd 4), not the brax default 16/2."""
+    from rlzoo.algorithms import ppo, sac
+    from rlzoo.envs.offline import BEHAVIOUR_LEARNERS, GenerateConfig
+
+    for module in (ppo, sac):
+        monkeypatch.setattr(module, "make_train", lambda config: config)  # the learner's config, nothing compiled
+
+    def settings(**options):
+        config, _ = BEHAVIOUR_LEARNERS[options.get("learner", "sac")](GenerateConfig(**options))
+        return config.num_envs, getattr(config, "utd_ratio", None)
+
+    assert settings(env_id="brax/walker2d", learner="sac") == (16, 2)
+    assert settings(env_id="brax/walker2d", learner="sac", behaviour_num_envs=4, behaviour_utd_ratio=4) == (4, 4)
+    assert settings(env_id="Pendulum-v1", learner="sac") == (sac.Config().num_envs, sac.Config().utd_ratio)
+    assert settings(env_id="Pendulum-v1", learner="sac", behaviour_utd_ratio=3)[1] == 3
+    assert settings(env_id="Pendulum-v1", learner="ppo", behaviour_num_envs=8)[0] == 8
+
+
 @pytest.mark.parametrize("options, message", [
     ({"tiers": ("medium", "hard")}, r"tiers=\('medium', 'hard'\) is not allowed: each one of random, medium"),
     ({"tier_size": 1000, "num_envs": 3}, r"num_envs=3 is not allowed: must be >= 1 and divide tier_size \(1000\)"),
     ({"medium_score": 100.0}, r"medium_score=100.0 is not allowed: must lie in \(0, 100\)"),
     ({"learner": "dqn"}, "learner='dqn' is not allowed: one of ppo, sac"),
     ({"num_snapshots": 2}, r"num_snapshots=2 is not allowed: must be >= 3 \(untrained, at least one medium"),
+    ({"behaviour_num_envs": -1}, "behaviour_num_envs=-1 is not allowed: must be >= 0"),
+    ({"behaviour_utd_ratio": 4}, "behaviour_utd_ratio=4 is not allowed: must be >= 0, and 0 unless learner is sac"),
 ])
 def test_bad_generation_settings_are_clear_errors(options, message):
     from rlzoo.config import ConfigError
