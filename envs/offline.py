@@ -50,6 +50,7 @@ from rlzoo import datasets
 from rlzoo.config import ConfigError, Trainer, check
 from rlzoo.env_adapter import Env, VecEnv
 from rlzoo.evaluate import evaluate
+from rlzoo.logging import ProgressBar
 
 TIERS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
@@ -160,11 +161,13 @@ class BehaviourRun(NamedTuple):
     train_s: float
 
 
-def train_behaviour(config: GenerateConfig) -> BehaviourRun:
+def train_behaviour(config: GenerateConfig,
+                    on_snapshot: Callable[[int, int, float, float], None] | None = None) -> BehaviourRun:
     """Trains the behaviour learner, saving `num_snapshots` snapshots at equal intervals (the first untrained).
 
     The intervals are `num_updates // (num_snapshots - 1)` updates each; the
     remaining updates, fewer than `num_snapshots - 1`, are not run.
+    `on_snapshot(env_steps, total_env_steps, eval_return, seconds)` is called after each snapshot (progress).
     """
     trainer, hparams = BEHAVIOUR_LEARNERS[config.learner](config)
     intervals = config.num_snapshots - 1
@@ -182,11 +185,14 @@ def train_behaviour(config: GenerateConfig) -> BehaviourRun:
     # once deadlocked here, every thread idle and the host waiting in Execute's in-flight semaphore.
     snapshots, env_steps = [state], [0]
     returns = [float(score(state, jax.random.PRNGKey(config.seed + 1)))]
+    total_env_steps = intervals * per_interval * trainer.env_steps_per_update
     for i in range(intervals):
         state = jax.block_until_ready(run(state))
         snapshots.append(state)
         env_steps.append((i + 1) * per_interval * trainer.env_steps_per_update)
         returns.append(float(score(state, jax.random.PRNGKey(config.seed + 2 + i))))
+        if on_snapshot is not None:
+            on_snapshot(env_steps[-1], total_env_steps, returns[-1], time.perf_counter() - start)
     returns = np.asarray(returns, np.float64)
     return BehaviourRun(trainer, snapshots, env_steps, returns, time.perf_counter() - start)
 
@@ -370,7 +376,16 @@ def main(args: list[str] | None = None) -> None:
 
     try:
         config = tyro.cli(GenerateConfig, args=args, description=__doc__.split("\n\n")[0])
-        behaviour = train_behaviour(config)
+        bar = None
+
+        def show(env_steps: int, total: int, eval_return: float, seconds: float) -> None:
+            nonlocal bar
+            bar = bar or ProgressBar(total, f"behaviour {config.learner} on {config.env_id}")
+            bar.update(env_steps, env_steps / seconds, eval_return)
+
+        behaviour = train_behaviour(config, show)
+        if bar is not None:
+            bar.close()
         print(f"behaviour {config.learner}: {behaviour.env_steps[-1]:,} env steps in {behaviour.train_s:.1f}s; "
               f"snapshot returns {np.round(behaviour.eval_returns, 1).tolist()}")
         for metadata in generate(config, behaviour).values():

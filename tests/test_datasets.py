@@ -109,7 +109,10 @@ def test_sac_is_a_behaviour_learner_too(tmp_path):
     config = GenerateConfig(env_id="Pendulum-v1", out=str(tmp_path), learner="sac", behaviour_timesteps=14_000,
                             num_snapshots=3, tier_size=4_000, num_envs=10, eval_episodes=4,
                             tiers=("random", "medium", "expert"))
-    behaviour = train_behaviour(config)
+    progress = []
+    behaviour = train_behaviour(config, lambda *args: progress.append(args))
+    assert [(steps, total) for steps, total, _, _ in progress] == [(7_000, 14_000), (14_000, 14_000)]
+    assert [ret for _, _, ret, _ in progress] == behaviour.eval_returns[1:].tolist()
     with pytest.raises(ConfigError, match="tier_size=2000 is not allowed with num_envs=20: 100 steps per env "
                                           "finished no random episode"):
         generate(dataclasses.replace(config, tier_size=2_000, num_envs=20), behaviour)  # episodes last 200 steps
