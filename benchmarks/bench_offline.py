@@ -66,9 +66,12 @@ def train_members(trainer, hparams, num_seeds: int, num_updates: int, chunk: int
         states, hp, data).compile()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(num_updates // chunk):
-        states = program(states, hp, data)
-    states = jax.block_until_ready(states)
+    num_chunks = num_updates // chunk
+    for i in range(num_chunks):
+        # One program in flight at a time (XLA CPU once deadlocked with programs queued back to back).
+        states = jax.block_until_ready(program(states, hp, data))
+        print(f"  chunk {i + 1}/{num_chunks}: {(i + 1) * chunk:,} updates per seed, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
     return states, init_s, compile_s, time.perf_counter() - start
 
 
