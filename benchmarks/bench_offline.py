@@ -131,7 +131,9 @@ def bench_scores(args) -> None:
                 scores = record_result(out / "scores.json", args, name, task, result)
     print(score_table(scores, args.seeds))
     for env_id in args.envs:
-        tasks = [f"{env_id}:{tier}" for tier in args.tiers]
+        # Over every tier of this env in scores.json (earlier runs' too), for the algorithms that have them all:
+        # a run of one tier must not replace the report of a run of three.
+        tasks = [f"{env_id}:{tier}" for tier in TIERS if any(f"{env_id}:{tier}" in s for s in scores.values())]
         per_label = {name: np.asarray([s[t] for t in tasks]).T for name, s in scores.items()
                      if all(t in s for t in tasks)}
         write_report(per_label, out / f"report_{env_id.replace('/', '_')}", tasks=tasks)
