@@ -136,7 +136,8 @@ def bench_scores(args) -> None:
         tasks = [f"{env_id}:{tier}" for tier in TIERS if any(f"{env_id}:{tier}" in s for s in scores.values())]
         per_label = {name: np.asarray([s[t] for t in tasks]).T for name, s in scores.items()
                      if all(t in s for t in tasks)}
-        write_report(per_label, out / f"report_{env_id.replace('/', '_')}", tasks=tasks)
+        if per_label:
+            write_report(per_label, out / f"report_{env_id.replace('/', '_')}", tasks=tasks)
 
 
 def score_table(scores: dict[str, dict[str, list[float]]], num_seeds: int) -> str:
