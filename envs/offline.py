@@ -185,14 +185,14 @@ def train_behaviour(config: GenerateConfig,
     # once deadlocked here, every thread idle and the host waiting in Execute's in-flight semaphore.
     snapshots, env_steps = [state], [0]
     returns = [float(score(state, jax.random.PRNGKey(config.seed + 1)))]
-    total_env_steps = intervals * per_interval * trainer.env_steps_per_update
+    steps_per_interval = per_interval * trainer.env_steps_per_update
     for i in range(intervals):
         state = jax.block_until_ready(run(state))
         snapshots.append(state)
-        env_steps.append((i + 1) * per_interval * trainer.env_steps_per_update)
+        env_steps.append((i + 1) * steps_per_interval)
         returns.append(float(score(state, jax.random.PRNGKey(config.seed + 2 + i))))
         if on_snapshot is not None:
-            on_snapshot(env_steps[-1], total_env_steps, returns[-1], time.perf_counter() - start)
+            on_snapshot(env_steps[-1], intervals * steps_per_interval, returns[-1], time.perf_counter() - start)
     returns = np.asarray(returns, np.float64)
     return BehaviourRun(trainer, snapshots, env_steps, returns, time.perf_counter() - start)
 
