@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import datasets
@@ -53,25 +54,38 @@ def dataset_path(folder: str, env_id: str, tier: str) -> Path:
     return Path(folder) / env_id.replace("/", "-") / f"{tier}.hdf5"
 
 
-def train_members(trainer, hparams, num_seeds: int, num_updates: int, chunk: int):
-    """Init all seeds, then `num_updates // chunk` calls of one compiled chunk: (states, init_s, compile_s, run_s)."""
+def train_members(trainer, hparams, num_seeds: int, num_updates: int, chunk: int, seeds_per_program: int = 0):
+    """Init all seeds, then `num_updates // chunk` calls of one compiled chunk: (states, init_s, compile_s, run_s).
+
+    `seeds_per_program` > 0 trains the seeds in groups of that size, one group after another, through one
+    program compiled for a group; 0 vmaps all seeds in one program. The seeds' keys are the same either way.
+    """
     data = trainer.data
     keys, hp = expand_members(seed_keys(0, num_seeds), make_grid(hparams, {}).hparams)  # one configuration
+    group = seeds_per_program or num_seeds
+    if num_seeds % group:
+        raise ValueError(f"--seeds-per-program {group} must divide --seeds {num_seeds}")
     start = time.perf_counter()
     states = jax.block_until_ready(jax.jit(trainer.init_members)(keys, hp, data))
     init_s = time.perf_counter() - start
     updates_per_chunk = chunk // trainer.env_steps_per_update
+    take = lambda tree, i: jax.tree.map(lambda x: x[i * group:(i + 1) * group], tree)  # noqa: E731
     start = time.perf_counter()
     program = jax.jit(lambda s, h, d: trainer.run_members(s, h, updates_per_chunk, d)[0]).lower(
-        states, hp, data).compile()
+        take(states, 0), take(hp, 0), data).compile()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    num_chunks = num_updates // chunk
-    for i in range(num_chunks):
-        # One program in flight at a time (XLA CPU once deadlocked with programs queued back to back).
-        states = jax.block_until_ready(program(states, hp, data))
-        print(f"  chunk {i + 1}/{num_chunks}: {(i + 1) * chunk:,} updates per seed, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+    num_chunks, num_groups = num_updates // chunk, num_seeds // group
+    trained = []
+    for g in range(num_groups):
+        group_states, group_hp = take(states, g), take(hp, g)
+        for i in range(num_chunks):
+            # One program in flight at a time (XLA CPU once deadlocked with programs queued back to back).
+            group_states = jax.block_until_ready(program(group_states, group_hp, data))
+            print(f"  seeds {g * group}-{(g + 1) * group - 1}, chunk {i + 1}/{num_chunks}: "
+                  f"{(i + 1) * chunk:,} updates per seed, {time.perf_counter() - start:.0f} s", flush=True)
+        trained.append(group_states)
+    states = jax.tree.map(lambda *parts: jnp.concatenate(parts), *trained)
     return states, init_s, compile_s, time.perf_counter() - start
 
 
@@ -115,7 +129,7 @@ def bench_scores(args) -> None:
                 trainer, hparams, metadata = make_trainer(name, path, args.updates, args.chunk,
                                                           args.csve_model_seed)
                 states, init_s, compile_s, run_s = train_members(trainer, hparams, args.seeds, args.updates,
-                                                                 args.chunk)
+                                                                 args.chunk, args.seeds_per_program)
                 start = time.perf_counter()
                 evaluator = evaluator or greedy_member_evaluator(trainer, args.episodes)
                 returns = np.asarray(evaluator(states, jax.random.split(jax.random.PRNGKey(12345), args.seeds)))
@@ -124,7 +138,8 @@ def bench_scores(args) -> None:
                 task = f"{env_id}:{tier}"
                 result = {"scores": np.round(np.asarray(normalised, np.float64), 2).tolist(),
                           "times_s": {"init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
-                                      "run_s": round(run_s, 1), "eval_s": round(eval_s, 1)},
+                                      "run_s": round(run_s, 1), "eval_s": round(eval_s, 1),
+                                      "seeds_per_program": args.seeds_per_program or args.seeds},
                           "references": {k: metadata[k] for k in ("ref_min_score", "ref_max_score", "policy_return")}}
                 print(f"{task} {name}: normalised {np.round(normalised, 1).tolist()} (returns "
                       f"{np.round(returns, 1).tolist()}), {result['times_s']}", flush=True)
@@ -187,6 +202,8 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--updates", type=int, default=1_000_000, help="gradient steps per seed")
+    parser.add_argument("--seeds-per-program", type=int, default=0,
+                        help="train the seeds in groups of this size, one after another (0: all in one vmap)")
     parser.add_argument("--chunk", type=int, default=5_000, help="gradient steps per compiled call")
     parser.add_argument("--episodes", type=int, default=10, help="greedy evaluation episodes per seed")
     parser.add_argument("--out", default=str(HERE / "results" / "offline"))
@@ -196,6 +213,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.updates % args.chunk:
         parser.error(f"--updates ({args.updates}) must be a multiple of --chunk ({args.chunk})")
+    if args.seeds_per_program < 0 or (args.seeds_per_program and args.seeds % args.seeds_per_program):
+        parser.error(f"--seeds-per-program ({args.seeds_per_program}) must be 0 or divide --seeds ({args.seeds})")
     bench_timing(args) if args.timing else bench_scores(args)
 
 

@@ -114,3 +114,27 @@ def test_the_expectile_loss_is_minimised_by_the_expectile():
     assert expectile(0.5) == pytest.approx(float(x.mean()), rel=1e-4)
     assert expectile(0.7) > float(x.mean())
     np.testing.assert_allclose(iql.expectile_loss(jnp.array([-2.0, 2.0]), 0.7), [0.3 * 4, 0.7 * 4], rtol=1e-6)
+
+
+def test_the_benchmark_trains_seeds_in_groups_as_it_does_in_one_vmap(pendulum_offline, capsys):
+    """bench_offline's --seeds-per-program runs the same seeds' keys through a smaller program, one group after
+    another: the trained parameters match the all-seeds vmap (up to float reassociation)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_offline.py"
+    spec = importlib.util.spec_from_file_location("bench_offline", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trainer = bc.make_train(bc.Config(dataset=pendulum_offline.written["medium"]["path"], total_updates=40,
+                                      steps_per_update=20, episodes_per_eval=0))
+    together = bench.train_members(trainer, bc.HParams(), 4, 40, 20)[0]
+    capsys.readouterr()
+    in_pairs = bench.train_members(trainer, bc.HParams(), 4, 40, 20, seeds_per_program=2)[0]
+    assert "seeds 0-1, chunk 2/2" in capsys.readouterr().out  # and not "seeds 0-3": two groups of two
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(in_pairs)):
+        assert a.shape == b.shape and a.shape[0] == 4
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(jax.tree.leaves(together.learner.params)[0][0], jax.tree.leaves(together.learner.params)[0][1])
+    with pytest.raises(ValueError, match="must divide"):
+        bench.train_members(trainer, bc.HParams(), 4, 40, 20, seeds_per_program=3)
