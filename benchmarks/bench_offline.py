@@ -69,7 +69,11 @@ def train_members(trainer, hparams, num_seeds: int, num_updates: int, chunk: int
     states = jax.block_until_ready(jax.jit(trainer.init_members)(keys, hp, data))
     init_s = time.perf_counter() - start
     updates_per_chunk = chunk // trainer.env_steps_per_update
-    take = lambda tree, i: jax.tree.map(lambda x: x[i * group:(i + 1) * group], tree)  # noqa: E731
+
+    def take(tree, i: int):
+        """Group i's slice of every leaf."""
+        return jax.tree.map(lambda x: x[i * group:(i + 1) * group], tree)
+
     start = time.perf_counter()
     program = jax.jit(lambda s, h, d: trainer.run_members(s, h, updates_per_chunk, d)[0]).lower(
         take(states, 0), take(hp, 0), data).compile()
