@@ -81,6 +81,9 @@ def kill_resume_and_compare(algo, run, args, reference, tmp_path, updates_per_ch
     assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
+# Restoring the truncated files fails inside orbax; a read still in flight then calls back into orbax's
+# closed asyncio loop (a RuntimeError with no frames of ours, raised after the restore has failed).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used(uninterrupted, tmp_path, capsys):
     damaged = tmp_path / "damaged"
     subprocess.run(["cp", "-r", str(uninterrupted), str(damaged)], check=True)
