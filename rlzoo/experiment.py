@@ -264,9 +264,8 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                                 metrics={"eval_return": float(np.mean(last_eval))})
             steps_this_session += size * trainer.env_steps_per_update * keys.shape[0]
             last_metrics = {k: v[:, -1] for k, v in metrics.items()}
-            with np.errstate(all="ignore"):
-                bar.update(int(metrics["env_steps"][0, -1]), steps_this_session / run_s,
-                           float(np.nanmean(last_metrics["episode_return"])))
+            bar.update(int(metrics["env_steps"][0, -1]), steps_this_session / run_s,
+                       mean_of_finished(last_metrics["episode_return"]))
     finally:
         bar.close()
         for sink in sinks:
@@ -278,8 +277,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     if not last_metrics:  # resumed a run that had already finished
         raise ConfigError(f"resume={str(run_dir)!r}: the run is already complete ({updates_done} updates)")
     final = split_members(np.asarray(last_metrics["episode_return"], np.float64), num_configs)
-    with np.errstate(all="ignore"):
-        per_config = [float(np.nanmean(v)) for v in final]
+    per_config = [mean_of_finished(v) for v in final]
     summary = {
         "final_return": per_config[0] if num_configs == 1 else dict(zip(grid.labels, per_config)),
         "final_eval_return": None if evaluate_members is None else _per_config_mean(last_eval, grid.labels),
@@ -312,6 +310,13 @@ def make_member_evaluation(trainer: Trainer, options: RunOptions) -> Callable:
                 "eval_length": result.episode_length.mean(dtype=jnp.float32)[None]}
 
     return evaluate_member
+
+
+def mean_of_finished(episode_returns: np.ndarray) -> float:
+    """Mean over the episodes that finished (NaN marks none); NaN, without numpy's warning, if none did."""
+    values = np.asarray(episode_returns, np.float64)
+    finished = values[~np.isnan(values)]
+    return float(finished.mean()) if finished.size else float("nan")
 
 
 def _per_config_mean(values: np.ndarray, labels: list[str]) -> float | dict[str, float]:

@@ -3,12 +3,13 @@
 import csv
 import json
 import shutil
+import warnings
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rlzoo.experiment import plan_chunks
+from rlzoo.experiment import mean_of_finished, plan_chunks
 from tests.conftest import TINY, run_ppo
 
 
@@ -120,3 +121,10 @@ def test_tensorboard_logging_is_written_into_the_run_folder_when_asked_for(tmp_p
     events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
     assert not (tmp_path / "tb" / "eval.csv").exists()  # evaluation was switched off
+
+
+def test_the_mean_return_counts_finished_episodes_and_is_nan_without_a_warning_when_none_finished():
+    assert mean_of_finished(np.array([1.0, np.nan, 3.0])) == 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would fail here
+        assert np.isnan(mean_of_finished(np.array([np.nan, np.nan])))
