@@ -158,22 +158,23 @@ def sample_actions(nets: Networks, actor_params: Any, obs: jax.Array, key: jax.A
 
 def logsumexp_q(nets: Networks, critic_params: Any, actor_params: Any, batch: datasets.Dataset, key: jax.Array,
                 bounds: tuple[float, float], num: int) -> jax.Array:
-    """Importance-sampled log sum_a exp Q_j(s, a) [num_critics, B] (CQL appendix F), from 3 * num actions."""
+    """Importance-sampled log sum_a exp Q_j(s, a) [num_critics, B] (CQL appendix F), from 3 * num actions.
+
+    All 3 * num actions of a state are scored by one critic call on [B * 3 num] rows: under `vmap` over seeds,
+    three calls on [B, num, ...] inputs cost 1.2x more per seed on a CPU.
+    """
     low, high = bounds
     uniform_key, current_key, next_key = jax.random.split(key, 3)
     batch_size, action_dim = batch.actions.shape
     uniform = jax.random.uniform(uniform_key, (batch_size, num, action_dim), minval=low, maxval=high)
-    uniform_log_density = -action_dim * math.log(high - low)
+    uniform_log_density = jnp.full((batch_size, num), -action_dim * math.log(high - low))
     current, current_log_prob = sample_actions(nets, actor_params, batch.observations, current_key, bounds, num)
     following, following_log_prob = sample_actions(nets, actor_params, batch.next_observations, next_key, bounds, num)
-    obs = jnp.repeat(batch.observations[:, None], num, axis=1)  # [B, N, obs]: the actions are all scored at s
-
-    def q(actions):
-        return nets.critic.apply(critic_params, obs, jax.lax.stop_gradient(actions))  # [num_critics, B, N]
-
-    scores = jnp.concatenate([q(uniform) - uniform_log_density,
-                              q(current) - jax.lax.stop_gradient(current_log_prob)[None],
-                              q(following) - jax.lax.stop_gradient(following_log_prob)[None]], axis=-1)
+    actions = jnp.concatenate([uniform, current, following], axis=1)  # [B, 3N, A]: all are scored at s
+    log_density = jnp.concatenate([uniform_log_density, current_log_prob, following_log_prob], axis=1)  # [B, 3N]
+    obs = jnp.repeat(batch.observations, 3 * num, axis=0)  # [B * 3N, obs], row i // 3N is state i
+    q = nets.critic.apply(critic_params, obs, jax.lax.stop_gradient(actions.reshape(-1, action_dim)))
+    scores = q.reshape(q.shape[0], batch_size, 3 * num) - jax.lax.stop_gradient(log_density)[None]
     chex.assert_shape(scores, (None, batch_size, 3 * num))
     return jax.scipy.special.logsumexp(scores, axis=-1)
 

@@ -97,6 +97,41 @@ def test_squashed_gaussian_log_density_matches_distrax():
     np.testing.assert_allclose(log_prob, reference.log_prob(action), atol=2e-3)
 
 
+def test_cql_logsumexp_scores_every_sampled_action_at_its_own_state():
+    """One critic call on [B * 3N] rows gives, per state i, logsumexp_k [Q(s_i, a_ik) - log mu(a_ik)] over its
+    N uniform actions (density 1 / range^A), N actions of pi at s_i and N at s'_i (density pi), as CQL app. F."""
+    from rlzoo.datasets import Dataset
+    from rlzoo.offline import EnsembleQ
+
+    batch_size, num, obs_dim, action_dim, bounds = 3, 2, 4, 2, (-2.0, 2.0)
+    nets = cql.Networks(cql.TanhGaussianActor(action_dim, (8,)), EnsembleQ(2, (8,)))
+    obs_key, next_key, actor_key, critic_key, key = jax.random.split(jax.random.PRNGKey(0), 5)
+    obs = jax.random.normal(obs_key, (batch_size, obs_dim))
+    batch = Dataset(obs, jnp.zeros((batch_size, action_dim)), jnp.zeros(batch_size),
+                    jax.random.normal(next_key, (batch_size, obs_dim)), jnp.zeros(batch_size), jnp.zeros(batch_size))
+    actor_params = nets.actor.init(actor_key, obs)
+    critic_params = nets.critic.init(critic_key, obs, batch.actions)
+    estimate = cql.logsumexp_q(nets, critic_params, actor_params, batch, key, bounds, num)
+
+    # The same samples (same keys), each scored alone at its own state.
+    uniform_key, current_key, following_key = jax.random.split(key, 3)
+    uniform = jax.random.uniform(uniform_key, (batch_size, num, action_dim), minval=bounds[0], maxval=bounds[1])
+    current = cql.sample_actions(nets, actor_params, batch.observations, current_key, bounds, num)
+    following = cql.sample_actions(nets, actor_params, batch.next_observations, following_key, bounds, num)
+    reference = np.zeros((2, batch_size))
+    for i in range(batch_size):
+        terms = [[] for _ in range(2)]
+        for k in range(num):
+            for action, log_mu in ((uniform[i, k], -action_dim * np.log(4.0)), (current[0][i, k], current[1][i, k]),
+                                   (following[0][i, k], following[1][i, k])):
+                q = nets.critic.apply(critic_params, obs[i:i + 1], action[None])[:, 0]
+                for j in range(2):
+                    terms[j].append(float(q[j]) - float(log_mu))
+        reference[:, i] = [np.log(np.sum(np.exp(terms[j]))) for j in range(2)]
+    assert estimate.shape == (2, batch_size)
+    np.testing.assert_allclose(estimate, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_td3_bc_moves_the_actor_and_targets_only_every_policy_delay_steps(medium):
     config = td3_bc.Config(dataset=medium, total_updates=2, steps_per_update=1, episodes_per_eval=0,
                            hidden_sizes=(8,), policy_delay=2)
