@@ -122,7 +122,8 @@ def test_cql_logsumexp_scores_every_sampled_action_at_its_own_state():
     for i in range(batch_size):
         terms = [[] for _ in range(2)]
         for k in range(num):
-            for action, log_mu in ((uniform[i, k], -action_dim * np.log(4.0)), (current[0][i, k], current[1][i, k]),
+            uniform_log_mu = -action_dim * np.log(bounds[1] - bounds[0])
+            for action, log_mu in ((uniform[i, k], uniform_log_mu), (current[0][i, k], current[1][i, k]),
                                    (following[0][i, k], following[1][i, k])):
                 q = nets.critic.apply(critic_params, obs[i:i + 1], action[None])[:, 0]
                 for j in range(2):
