@@ -118,17 +118,14 @@ def test_cql_logsumexp_scores_every_sampled_action_at_its_own_state():
     uniform = jax.random.uniform(uniform_key, (batch_size, num, action_dim), minval=bounds[0], maxval=bounds[1])
     current = cql.sample_actions(nets, actor_params, batch.observations, current_key, bounds, num)
     following = cql.sample_actions(nets, actor_params, batch.next_observations, following_key, bounds, num)
+    uniform_log_mu = -action_dim * np.log(bounds[1] - bounds[0])
     reference = np.zeros((2, batch_size))
     for i in range(batch_size):
-        terms = [[] for _ in range(2)]
-        for k in range(num):
-            uniform_log_mu = -action_dim * np.log(bounds[1] - bounds[0])
-            for action, log_mu in ((uniform[i, k], uniform_log_mu), (current[0][i, k], current[1][i, k]),
-                                   (following[0][i, k], following[1][i, k])):
-                q = nets.critic.apply(critic_params, obs[i:i + 1], action[None])[:, 0]
-                for j in range(2):
-                    terms[j].append(float(q[j]) - float(log_mu))
-        reference[:, i] = [np.log(np.sum(np.exp(terms[j]))) for j in range(2)]
+        samples = [(uniform[i, k], uniform_log_mu) for k in range(num)]
+        samples += [(actions[i, k], log_mu[i, k]) for actions, log_mu in (current, following) for k in range(num)]
+        terms = np.stack([np.asarray(nets.critic.apply(critic_params, obs[i:i + 1], action[None])[:, 0]) - log_mu
+                          for action, log_mu in samples])  # [3N, num_critics]
+        reference[:, i] = np.log(np.exp(terms).sum(axis=0))
     assert estimate.shape == (2, batch_size)
     np.testing.assert_allclose(estimate, reference, rtol=1e-5, atol=1e-5)
 
