@@ -1,6 +1,6 @@
 """Behaviour cloning: maximum likelihood of the dataset's actions under a Gaussian policy.
 
-    python -m rlzoo.envs.offline --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
     python algorithms/bc.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/bc.py --dataset hopper-medium-v2.hdf5 --env-id none   # a D4RL file, no online evaluation
 
@@ -27,7 +27,7 @@ import optax
 from flax import struct
 
 from rlzoo import datasets
-from rlzoo.config import POSITIVE, Range, Trainer
+from rlzoo.trainer import POSITIVE, Range, Trainer
 from rlzoo.offline import GaussianActor, OfflineConfig, OfflineData, load_offline_data, make_trainer
 
 
@@ -88,7 +88,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("bc", Config, HParams, make_train)
 

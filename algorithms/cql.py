@@ -1,6 +1,6 @@
 """Conservative Q-Learning, CQL(H) on SAC (Kumar, Zhou, Tucker & Levine, NeurIPS 2020, arXiv 2006.04779).
 
-    python -m rlzoo.envs.offline --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
     python algorithms/cql.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/cql.py --lagrange --target-action-gap 5
     python algorithms/cql.py --num-seeds 4 --sweep min-q-weight=1,5,10
@@ -45,7 +45,7 @@ import optax
 from flax import struct
 
 from rlzoo import datasets
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.networks import ACTIVATIONS
 from rlzoo.offline import EnsembleQ, OfflineConfig, OfflineData, load_offline_data, make_trainer, polyak
 
@@ -278,7 +278,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("cql", Config, HParams, make_train)
 

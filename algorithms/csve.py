@@ -1,6 +1,6 @@
 """Conservative State Value Estimation (CSVE; Chen, Zhang, Wang, Wang & Cheng, NeurIPS 2023, arXiv 2302.06884).
 
-    python -m rlzoo.envs.offline --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
     python algorithms/csve.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/csve.py --num-seeds 4 --sweep gap-coef=1,5 gap-threshold=5,10
 
@@ -53,7 +53,7 @@ import optax
 from flax import struct
 
 from rlzoo import datasets, dynamics
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.offline import (EnsembleQ, GaussianActor, OfflineConfig, OfflineData, StateValue, load_offline_data,
                            make_trainer, polyak)
 
@@ -288,7 +288,7 @@ def state_values(config: Config, learner: Learner, obs: jax.Array) -> jax.Array:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("csve", Config, HParams, make_train)
 

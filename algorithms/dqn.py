@@ -28,8 +28,9 @@ from flax import struct
 
 from rlzoo import distributional as dist
 from rlzoo import replay
-from rlzoo.config import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
+from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.env_adapter import VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
+from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, QNetwork
 
 LOSSES = ("mse", "huber", "c51", "hl_gauss", "two_hot")
@@ -304,7 +305,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("dqn", Config, HParams, make_train)
 

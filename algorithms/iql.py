@@ -1,6 +1,6 @@
 """Implicit Q-Learning (Kostrikov, Nair & Levine, ICLR 2022): offline RL without querying unseen actions.
 
-    python -m rlzoo.envs.offline --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
     python algorithms/iql.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/iql.py --num-seeds 4 --sweep expectile=0.7,0.9 beta=3,10
 
@@ -36,7 +36,7 @@ import optax
 from flax import struct
 
 from rlzoo import datasets
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
 from rlzoo.offline import (
     EnsembleQ,
     GaussianActor,
@@ -198,7 +198,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("iql", Config, HParams, make_train)
 

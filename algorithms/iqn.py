@@ -40,7 +40,7 @@ from flax import struct
 
 from rlzoo import replay
 from rlzoo.algorithms import dqn
-from rlzoo.config import Range, Trainer, check
+from rlzoo.trainer import Range, Trainer, check
 from rlzoo.env_adapter import mean_last_episode_length, mean_last_episode_return
 from rlzoo.networks import QNetwork, make_torso, orthogonal_dense
 
@@ -232,7 +232,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("iqn", Config, HParams, make_train)
 

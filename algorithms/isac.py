@@ -40,7 +40,7 @@ from flax import struct
 
 from rlzoo import replay
 from rlzoo.algorithms import sac
-from rlzoo.config import Range, Trainer, check
+from rlzoo.trainer import Range, Trainer, check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("isac", Config, HParams, make_train)
 

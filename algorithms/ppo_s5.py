@@ -35,8 +35,9 @@ import optax
 from flax import struct
 
 from rlzoo.algorithms.ppo import Batch, ppo_loss
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.env_adapter import VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
+from rlzoo.envs import make_env
 from rlzoo.networks import MLP, orthogonal_dense
 from rlzoo.returns import gae
 from rlzoo.sequence import SCANS, SEQUENCE_MODELS, make_sequence_model
@@ -312,7 +313,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("ppo_s5", Config, HParams, make_train)
 

@@ -41,7 +41,7 @@ import optax
 from flax import struct
 
 from rlzoo import replay
-from rlzoo.config import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.env_adapter import (BRAX_BACKENDS, EnvSpec, VecEnv, VecEnvState, make_env, mean_last_episode_length,
                                mean_last_episode_return)
 from rlzoo.networks import ACTIVATIONS, MLP, orthogonal_dense
@@ -382,7 +382,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("sac", Config, HParams, make_train)
 

@@ -51,8 +51,9 @@ from flax import struct
 
 from rlzoo import replay
 from rlzoo.algorithms import dqn
-from rlzoo.config import POSITIVE, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, make_env, mean_last_episode_length, mean_last_episode_return
+from rlzoo.trainer import POSITIVE, Range, Trainer, check
+from rlzoo.env_adapter import VecEnv, mean_last_episode_length, mean_last_episode_return
+from rlzoo.envs import make_env
 from rlzoo.networks import MinAtarCNN, PatchConv, orthogonal_dense
 
 AUGMENTATIONS = ("none", "shift", "shift_intensity")
@@ -391,7 +392,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("spr", Config, HParams, make_train)
 

@@ -5,7 +5,6 @@
         --policy random --gamma 1 --lam 0.5 --lr 0.05      # true online TD(lambda); `value_error` is its RMS error
     python algorithms/td.py --policy checkpoint --policy-run runs/CartPole-v1__dqn__0__...   # a trained agent
     python algorithms/td.py --num-aux-tasks 16 --aux-coef 1.0  # plus the values of 16 random reward functions
-    python algorithms/td.py --experiment random-walk           # Sutton & Barto's Fig. 12.3, one vmapped program
 
 Nothing here acts to maximise reward: the policy is fixed (uniform random, "push
 toward the pole's lean" on CartPole, or the greedy policy of a PPO/DQN run
@@ -26,19 +25,16 @@ heads, each learning the value of a fixed random reward function
 r_i(s') = tanh(p_i . s'), which shapes the shared representation (Lyle et al.,
 2021, "On the Effect of Auxiliary Tasks on Representation Dynamics").
 
-`--experiment random-walk` reproduces Fig. 12.3: the offline lambda-return
-algorithm (tabular, V_0 = 0, gamma = 1) on the 19-state random walk, for every
-alpha x lambda x run in one `jax.jit(vmap(...))` program; it writes the
-RMS-error-vs-alpha plot, a table and `summary.json` into the run folder. That
-experiment, and the offline (episode-at-a-time) algorithms it runs, live in
-`rlzoo.envs.random_walk_experiment`.
+Sutton & Barto's Fig. 12.3 (the offline lambda-return algorithm on the 19-state
+random walk, every alpha x lambda x run in one `jax.jit(vmap(...))` program) is
+`python -m rlzoo.experiments.random_walk_td`; that module also holds the offline
+(episode-at-a-time) algorithms it compares with the online steps here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -49,8 +45,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import EnvSpec, VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.env_adapter import EnvSpec, VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
+from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, MLP, orthogonal_dense
 from rlzoo.returns import discounted_returns, lambda_returns
 
@@ -216,7 +213,7 @@ def load_policy(run_dir: str, env_id: str) -> Callable[[jax.Array, jax.Array], j
     import json
     from pathlib import Path
 
-    from rlzoo.experiment import CONFIG_FILE, load_run
+    from rlzoo.runner import CONFIG_FILE, load_run
 
     path = Path(run_dir) / CONFIG_FILE
     check(path.exists(), "policy_run", run_dir, f"must be a run folder (no {CONFIG_FILE} there)")
@@ -410,11 +407,7 @@ def fresh_episodes(config: Config, key: jax.Array, num_envs: int = 64, num_steps
 
 
 def main() -> None:
-    if any(arg.startswith("--experiment") for arg in sys.argv[1:]):
-        from rlzoo.envs.random_walk_experiment import main as random_walk_main
-
-        return random_walk_main()
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("td", Config, HParams, make_train)
 

@@ -32,7 +32,7 @@ from flax import struct
 
 from rlzoo import replay
 from rlzoo.algorithms import sac
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("td3", Config, HParams, make_train)
 

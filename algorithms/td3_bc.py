@@ -1,6 +1,6 @@
 """TD3+BC (Fujimoto & Gu, NeurIPS 2021, arXiv 2106.06860): TD3 with a behaviour-cloning term in the actor loss.
 
-    python -m rlzoo.envs.offline --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
     python algorithms/td3_bc.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/td3_bc.py --num-seeds 4 --sweep alpha=1,2.5,5
 
@@ -37,7 +37,7 @@ import optax
 from flax import struct
 
 from rlzoo import datasets
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.networks import ACTIVATIONS
 from rlzoo.offline import EnsembleQ, OfflineConfig, OfflineData, load_offline_data, make_trainer, polyak
 
@@ -194,7 +194,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("td3_bc", Config, HParams, make_train)
 

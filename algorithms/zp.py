@@ -35,8 +35,9 @@ from flax import struct
 
 from rlzoo import replay
 from rlzoo.algorithms.dqn import ReplayConfig, Transition, epsilon, epsilon_greedy, polyak
-from rlzoo.config import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, VecEnvState, make_env, mean_last_episode_length, mean_last_episode_return
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.env_adapter import VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
+from rlzoo.envs import make_env
 from rlzoo.envs.distractor import wrap_env
 from rlzoo.networks import MLP, orthogonal_dense
 
@@ -270,7 +271,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main() -> None:
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     run_cli("zp", Config, HParams, make_train)
 

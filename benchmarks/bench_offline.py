@@ -1,9 +1,9 @@
 """Offline RL: CSVE and the baselines (BC, TD3+BC, IQL, CQL) on rlzoo's own D4RL-style datasets.
 
-First write the datasets (`python -m rlzoo.envs.offline`, one env per command),
+First write the datasets (`python -m rlzoo.experiments.offline_datasets`, one env per command),
 then train every algorithm on every (env, tier):
 
-    .venv/bin/python -m rlzoo.envs.offline --env-id brax/hopper --learner sac --out datasets ...
+    .venv/bin/python -m rlzoo.experiments.offline_datasets --env-id brax/hopper --learner sac --out datasets ...
     .venv/bin/python benchmarks/bench_offline.py --datasets datasets --envs brax/hopper brax/halfcheetah \
         brax/walker2d --tiers medium medium-replay medium-expert --seeds 5 --updates 1000000
 
@@ -200,7 +200,7 @@ def bench_timing(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="datasets", help="folder of <env>/<tier>.hdf5 (rlzoo.envs.offline)")
+    parser.add_argument("--datasets", default="datasets", help="folder of <env>/<tier>.hdf5 (rlzoo.experiments.offline_datasets)")
     parser.add_argument("--envs", nargs="+", default=["brax/hopper", "brax/halfcheetah", "brax/walker2d"])
     parser.add_argument("--tiers", nargs="+", default=list(TIERS))
     parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))

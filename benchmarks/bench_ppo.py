@@ -29,7 +29,8 @@ import jax
 import numpy as np
 
 from rlzoo.algorithms.ppo import Config, HParams, make_train
-from rlzoo.env_adapter import VecEnv, make_env
+from rlzoo.env_adapter import VecEnv
+from rlzoo.envs import make_env
 from rlzoo.sweep import seed_keys
 
 HERE = Path(__file__).resolve().parent

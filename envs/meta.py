@@ -36,7 +36,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 from rlzoo.env_adapter import EnvSpec
 
 

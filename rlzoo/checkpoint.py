@@ -10,7 +10,7 @@ temporary folder and renames it when complete, so a run killed mid-save leaves
 the previous checkpoints intact. A checkpoint that cannot be read (truncated or
 corrupted files) is moved aside to `corrupt-<step>` and the one before it is used.
 
-Not here: deciding when to save (see `rlzoo.experiment`).
+Not here: deciding when to save (see `rlzoo.runner`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 
 
 class CheckpointError(RuntimeError):

@@ -12,7 +12,7 @@ A dataset is a flat table of N transitions with the D4RL keys:
 `load(path)` reads three layouts, all with h5py in read-only mode (never pickle:
 object and string arrays are refused):
 
-- **rlzoo** files, written by `save` (and `python -m rlzoo.envs.offline`): the six
+- **rlzoo** files, written by `save` (and `python -m rlzoo.experiments.offline_datasets`): the six
   keys at the root and a JSON string attribute `rlzoo_metadata` holding `env_id`,
   `backend`, `tier`, `policy_return`, `ref_min_score` (random return),
   `ref_max_score` (expert return), `seed`, `rlzoo_version`, `num_transitions` and
@@ -39,7 +39,7 @@ modified.
 
 Also here: `normalized_score` (D4RL's 100 * (return - random) / (expert -
 random)), `sample` (uniform minibatches, jittable) and observation
-normalisation. Not here: generating datasets (`rlzoo.envs.offline`) or training
+normalisation. Not here: generating datasets (`rlzoo.experiments.offline_datasets`) or training
 on them (`rlzoo.offline`).
 """
 
@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 
 KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 METADATA_ATTR = "rlzoo_metadata"

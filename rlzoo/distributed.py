@@ -32,7 +32,7 @@ See docs/multihost.md.
 
 Not for: splitting one training run over hosts (a member's whole training runs
 on one device), elastic or fault-tolerant jobs (if one process dies the job
-stops), run folders, logging or checkpoints (see `rlzoo.experiment`; each
+stops), run folders, logging or checkpoints (see `rlzoo.runner`; each
 process writes its own members), or a single host (use `rlzoo.sweep.run_sweep`).
 """
 
@@ -46,7 +46,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from rlzoo.config import ConfigError, Trainer
+from rlzoo.trainer import ConfigError, Trainer
 from rlzoo.sweep import MEMBER_AXIS, expand_members, make_grid, seed_keys
 
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from rlzoo.config import ConfigError, check
+from rlzoo.trainer import ConfigError, check
 
 Array = jax.Array
 Scalar = Union[float, Array]

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlzoo.config import check
+from rlzoo.trainer import check
 from rlzoo.datasets import Dataset
 
 

@@ -10,25 +10,27 @@ function of explicit state, so it runs inside `jax.jit`, `lax.scan` and `vmap`.
 Not here: policies, rollouts or anything that learns; and no rendering.
 
 Ids: gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, ...), `brax/<name>` (e.g.
-`brax/hopper`; backend `positional` unless `backend=` says otherwise), and the
-ids in `rlzoo.envs.REGISTRY`; `meta/<id>` wraps any of them in the meta-RL wrapper
-of `rlzoo.envs.meta` (random projections per episode, 4 trials).
+`brax/hopper`; backend `positional` unless `backend=` says otherwise), and the ids
+of a `registry` of gymnax-API factories that the caller passes in. The layer above
+(`rlzoo.envs.make_env`, what algorithm files call) passes rlzoo's own environments
+and adds the `meta/<id>` wrapper; this module imports neither.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 
 BRAX_PREFIX = "brax/"
-META_PREFIX = "meta/"  # meta-RL wrapper over any id: rlzoo.envs.meta.MetaRLEnv, 4 trials
 BRAX_BACKENDS = ("positional", "generalized", "spring", "mjx")
 
 
@@ -175,25 +177,21 @@ def _did_you_mean(name: str, known: list[str], prefix: str = "") -> str:
     return f" (did you mean {', '.join(repr(prefix + c) for c in close)}?)" if close else ""
 
 
-def known_env_ids() -> list[str]:
-    """Every id `make_env` accepts, except `brax/<name>` which is listed by brax."""
+def known_env_ids(registry: Mapping[str, Callable[[], Any]] = MappingProxyType({})) -> list[str]:
+    """Every id `make_env` accepts with this registry, except `brax/<name>` which is listed by brax."""
     import gymnax
 
-    from rlzoo.envs import REGISTRY
-
-    return sorted(REGISTRY) + [e for e in gymnax.registered_envs if e != "MNISTBandit-bsuite"]
+    return sorted(registry) + [e for e in gymnax.registered_envs if e != "MNISTBandit-bsuite"]
 
 
-def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int = 1000) -> Env:
+def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int = 1000,
+             registry: Mapping[str, Callable[[], Any]] = MappingProxyType({})) -> Env:
     """Builds a single environment from its id (see the module docstring).
 
-    `backend` and `max_episode_steps` apply to brax ids only (gymnax and our envs
-    carry their own time limit in their params).
+    `registry` maps extra ids to zero-argument factories of gymnax-API environments;
+    they are looked up before gymnax's. `backend` and `max_episode_steps` apply to
+    brax ids only (gymnax and registry envs carry their own time limit in their params).
     """
-    if env_id.startswith(META_PREFIX):
-        from rlzoo.envs.meta import MetaRLEnv
-
-        return MetaRLEnv(make_env(env_id[len(META_PREFIX):], backend=backend, max_episode_steps=max_episode_steps))
     if env_id.startswith(BRAX_PREFIX):
         if max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
@@ -201,20 +199,18 @@ def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int
 
     import gymnax
 
-    from rlzoo.envs import REGISTRY
-
-    if env_id in REGISTRY:
-        env = REGISTRY[env_id]()
+    if env_id in registry:
+        env = registry[env_id]()
         params = env.default_params
         return GymnaxEnv(env, params, _gymnax_spec(env_id, env, params))
     if env_id in gymnax.registered_envs:
         env, params = gymnax.make(env_id)
         return GymnaxEnv(env, params, _gymnax_spec(env_id, env, params))
-    known = known_env_ids()
+    known = known_env_ids(registry)
+    ours = f", or rlzoo ids ({', '.join(sorted(registry))})" if registry else ""
     raise ConfigError(
         f"env_id {env_id!r} is unknown{_did_you_mean(env_id, known)}. Allowed: gymnax ids "
-        f"(e.g. CartPole-v1, Pendulum-v1, Breakout-MinAtar), 'brax/<name>' (e.g. brax/hopper), "
-        f"or rlzoo ids ({', '.join(sorted(REGISTRY))})."
+        f"(e.g. CartPole-v1, Pendulum-v1, Breakout-MinAtar), 'brax/<name>' (e.g. brax/hopper){ours}."
     )
 
 

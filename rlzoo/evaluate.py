@@ -12,7 +12,7 @@ Evaluation draws from its own keys, so it never changes the training stream.
 (seeds × hyperparameters) by its greedy policy's mean return, as the benchmarks do.
 
 Not here: aggregate statistics over runs (`rlzoo.report`), or when to evaluate
-(`rlzoo.experiment`).
+(`rlzoo.runner`).
 """
 
 from __future__ import annotations

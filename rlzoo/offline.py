@@ -1,7 +1,7 @@
 """What offline RL algorithm files share: the data they train on, the training loop, and small networks.
 
 An offline algorithm file (`algorithms/bc.py`, `algorithms/iql.py`, ...) supplies
-three pure functions and gets a `rlzoo.config.Trainer` back from `make_trainer`:
+three pure functions and gets a `rlzoo.trainer.Trainer` back from `make_trainer`:
 
     init_learner(key, hparams, dataset) -> learner  # params, optimiser states, target params
     learn(learner, batch, key, hparams) -> (learner, stats)   # one gradient step on a Dataset minibatch
@@ -10,7 +10,7 @@ three pure functions and gets a `rlzoo.config.Trainer` back from `make_trainer`:
 One `Trainer.update` is `steps_per_update` gradient steps, each on a fresh
 uniform minibatch drawn on device from the dataset, inside one `lax.scan`, then
 `eval_episodes` online evaluation episodes of the greedy policy with
-`rlzoo.evaluate.evaluate`. So the run-folder contract of `rlzoo.experiment`
+`rlzoo.evaluate.evaluate`. So the run-folder contract of `rlzoo.runner`
 holds with this mapping: **`env_steps` counts gradient steps** (environment
 steps are only spent on evaluation), `episode_return` / `episode_length` are the
 mean evaluation return and length at the end of that update, and
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from rlzoo import datasets
-from rlzoo.config import ConfigError, Trainer, check
+from rlzoo.trainer import ConfigError, Trainer, check
 from rlzoo.env_adapter import Env, make_env
 from rlzoo.evaluate import evaluate
 from rlzoo.networks import ACTIVATIONS

@@ -40,7 +40,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlzoo.config import check, check_scalar
+from rlzoo.trainer import check, check_scalar
 
 Array = jax.Array
 Scalar = Union[float, Array]

@@ -31,7 +31,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlzoo.config import check_scalar
+from rlzoo.trainer import check_scalar
 
 Array = jax.Array
 Scalar = Union[float, Array]

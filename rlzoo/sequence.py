@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 
 SEQUENCE_MODELS = ("s5", "gru", "lstm", "none")
 SCANS = ("auto", "associative", "sequential")

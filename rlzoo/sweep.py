@@ -15,7 +15,7 @@ From Python:
 
 From the CLI: `--num-seeds 4 --sweep lr=1e-4,3e-4,1e-3 gamma=0.98,0.99`.
 
-Not here: the run folder, logging or checkpoints (see `rlzoo.experiment`).
+Not here: the run folder, logging or checkpoints (see `rlzoo.runner`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from rlzoo.config import ConfigError, Trainer, check_hparams
+from rlzoo.trainer import ConfigError, Trainer, check_hparams
 
 MEMBER_AXIS = "members"
 

@@ -22,7 +22,7 @@ TINY = ["--total-timesteps", "8192", "--num-chunks", "4", "--no-progress"]
 def run_ppo(args):
     """PPO's command line, in-process."""
     from rlzoo.algorithms import ppo
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     return run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=args)
 
@@ -30,7 +30,7 @@ def run_ppo(args):
 def run_dqn(args):
     """DQN's command line, in-process."""
     from rlzoo.algorithms import dqn
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     return run_cli("dqn", dqn.Config, dqn.HParams, dqn.make_train, args=args)
 
@@ -47,13 +47,13 @@ def sweep_run(tmp_path_factory):
 def pendulum_offline(tmp_path_factory):
     """Pendulum-v1 offline datasets, all five tiers of 20,000 transitions, from a small PPO run (built once).
 
-    `generate_s` times `rlzoo.envs.offline.generate` alone: compiling and running the
+    `generate_s` times `rlzoo.experiments.offline_datasets.generate` alone: compiling and running the
     recorders and writing the five files, not the behaviour training before it.
     """
     import time
     from types import SimpleNamespace
 
-    from rlzoo.envs import offline
+    from rlzoo.experiments import offline_datasets as offline
 
     config = offline.GenerateConfig(out=str(tmp_path_factory.mktemp("datasets")), tier_size=20_000, num_envs=100,
                                     behaviour_timesteps=65_536, num_snapshots=17)

@@ -40,7 +40,7 @@ def uninterrupted(tmp_path_factory):
 KILL_SCRIPT = textwrap.dedent("""
     import importlib, os, signal, sys
     from rlzoo import checkpoint
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
     algo = importlib.import_module("rlzoo.algorithms." + sys.argv[1])
     kill_after, saves = int(sys.argv[2]), []
     original_save = checkpoint.save

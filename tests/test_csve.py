@@ -19,8 +19,8 @@ import pytest
 
 from rlzoo import datasets
 from rlzoo.algorithms import bc, csve
-from rlzoo.config import ConfigError, check_hparams
-from rlzoo.experiment import load_run, run_cli
+from rlzoo.trainer import ConfigError, check_hparams
+from rlzoo.runner import load_run, run_cli
 
 GAMMA = 0.95
 STEPS = 3_000

@@ -79,7 +79,7 @@ def test_tiers_are_random_medium_expert_replay_and_medium_expert_as_in_d4rl(pend
 def test_medium_is_a_trained_snapshot_never_the_untrained_policy():
     """brax/hopper with SAC: the untrained policy (actions near 0) stood for ~400 steps, normalised 57, closer to
     40 than any trained snapshot; medium must still come from training (here the one at 16.7)."""
-    from rlzoo.envs.offline import choose_medium
+    from rlzoo.experiments.offline_datasets import choose_medium
 
     refs = {"ref_min_score": 100.0, "ref_max_score": 700.0}
     assert choose_medium(np.array([425.0, 150.0, 200.0, 700.0]), refs, 40.0) == 2
@@ -88,8 +88,8 @@ def test_medium_is_a_trained_snapshot_never_the_untrained_policy():
 
 def test_an_expert_no_better_than_random_actions_is_a_clear_error():
     """brax/walker2d with SAC after 1e5 steps: expert 232.3 against random 254.4 would invert every score."""
-    from rlzoo.config import ConfigError
-    from rlzoo.envs.offline import GenerateConfig, reference_returns
+    from rlzoo.trainer import ConfigError
+    from rlzoo.experiments.offline_datasets import GenerateConfig, reference_returns
 
     config = GenerateConfig(env_id="brax/walker2d", learner="sac", behaviour_timesteps=100_000)
     with pytest.raises(ConfigError, match=r"behaviour_timesteps=100000 is not allowed for brax/walker2d: the expert "
@@ -103,8 +103,8 @@ def test_an_expert_no_better_than_random_actions_is_a_clear_error():
 def test_sac_is_a_behaviour_learner_too(tmp_path):
     """`--learner sac` (the brax tiers' learner): SAC's sampling policy after 14k Pendulum steps is the expert,
     well above the random tier (measured: -1180 random; SAC's own snapshots reach about -250 by 12k steps)."""
-    from rlzoo.config import ConfigError
-    from rlzoo.envs.offline import GenerateConfig, generate, train_behaviour
+    from rlzoo.trainer import ConfigError
+    from rlzoo.experiments.offline_datasets import GenerateConfig, generate, train_behaviour
 
     config = GenerateConfig(env_id="Pendulum-v1", out=str(tmp_path), learner="sac", behaviour_timesteps=14_000,
                             num_snapshots=3, tier_size=4_000, num_envs=10, eval_episodes=4,
@@ -330,7 +330,7 @@ def test_a_d4rl_file_with_a_short_key_is_refused_before_pairing_rows(tmp_path):
 def test_behaviour_envs_and_utd_ratio_reach_the_learner_and_zero_keeps_its_defaults(monkeypatch):
     """walker2d's CPU tiers need SAC at one gradient step per env step (4 envs, utd 4), not the brax default 16/2."""
     from rlzoo.algorithms import ppo, sac
-    from rlzoo.envs.offline import BEHAVIOUR_LEARNERS, GenerateConfig
+    from rlzoo.experiments.offline_datasets import BEHAVIOUR_LEARNERS, GenerateConfig
 
     for module in (ppo, sac):
         monkeypatch.setattr(module, "make_train", lambda config: config)  # the learner's config, nothing compiled
@@ -356,8 +356,8 @@ def test_behaviour_envs_and_utd_ratio_reach_the_learner_and_zero_keeps_its_defau
     ({"behaviour_utd_ratio": 4}, "behaviour_utd_ratio=4 is not allowed: must be >= 0, and 0 unless learner is sac"),
 ])
 def test_bad_generation_settings_are_clear_errors(options, message):
-    from rlzoo.config import ConfigError
-    from rlzoo.envs.offline import GenerateConfig
+    from rlzoo.trainer import ConfigError
+    from rlzoo.experiments.offline_datasets import GenerateConfig
 
     with pytest.raises(ConfigError, match=message):
         GenerateConfig(**options)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 from rlzoo.distributed import check_member_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ PROCESS_SCRIPT = textwrap.dedent(f"""
     import jax, numpy as np
     jax.config.update("jax_num_cpu_devices", 1)
     from rlzoo.distributed import initialize, run_sweep_multihost
-    from rlzoo.config import ConfigError
+    from rlzoo.trainer import ConfigError
     port, process_id, out, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     address = f"127.0.0.1:{{port}}"
     initialize(address, 2, process_id, coordinator_bind_address=address, initialization_timeout=120)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlzoo import distributional as dist
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 
 ATOL = 1e-5
 SEEDS = (0, 1, 2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms.dqn import Config, HParams, make_train
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 from rlzoo.evaluate import evaluate
 from rlzoo.sweep import seed_keys
 from tests.conftest import run_dqn

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlzoo.config import ConfigError
-from rlzoo.env_adapter import VecEnv, make_env, mean_last_episode_return
+from rlzoo.trainer import ConfigError
+from rlzoo.env_adapter import VecEnv, mean_last_episode_return
+from rlzoo.envs import make_env
 
 
 def rollout(vec_env, num_steps, seed=0, action_fn=None):

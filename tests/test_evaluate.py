@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo.env_adapter import make_env
-from rlzoo.config import Trainer
+from rlzoo.envs import make_env
+from rlzoo.trainer import Trainer
 from rlzoo.evaluate import evaluate, greedy_member_returns
 
 

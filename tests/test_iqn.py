@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms import dqn, iqn
-from rlzoo.config import ConfigError, check_hparams
+from rlzoo.trainer import ConfigError, check_hparams
 from tests.test_dqn import best_greedy_return_near_the_end
 
 

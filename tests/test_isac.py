@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms import isac, sac
-from rlzoo.config import ConfigError, check_hparams
+from rlzoo.trainer import ConfigError, check_hparams
 
 TINY = dict(total_timesteps=2_000, learning_starts=400, hidden_sizes=(32, 32), batch_size=64)  # 400 gradient steps
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlzoo.env_adapter import make_env
+from rlzoo.envs import make_env
 from rlzoo.envs import REGISTRY
 from rlzoo.envs.memory import LEVELS, Autoencode, CountRecall, RepeatFirst, RepeatPrevious
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 from rlzoo.networks import ActorCritic, MinAtarCNN, MLP, PatchConv, make_torso
 
 

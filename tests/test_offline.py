@@ -9,9 +9,9 @@ import pytest
 
 from rlzoo import datasets
 from rlzoo.algorithms import bc, iql
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 from rlzoo.datasets import DatasetError
-from rlzoo.experiment import run_cli
+from rlzoo.runner import run_cli
 from rlzoo.sweep import seed_keys
 
 # 5,000 gradient steps with the paper's networks (2x256) and batch 256, then 20 evaluation episodes.

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms import cql, csve, td3_bc
-from rlzoo.config import ConfigError, check_hparams
-from rlzoo.experiment import run_cli
+from rlzoo.trainer import ConfigError, check_hparams
+from rlzoo.runner import run_cli
 
 STEPS = 2_000
 SMALL = ["--hidden-sizes", "64", "64", "--total-updates", str(STEPS), "--steps-per-update", str(STEPS // 2),

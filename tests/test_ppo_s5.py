@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms.ppo_s5 import Config, HParams, make_env_and_network, make_train, split_envs
-from rlzoo.config import ConfigError
-from rlzoo.env_adapter import make_env
+from rlzoo.trainer import ConfigError
+from rlzoo.envs import make_env
 from rlzoo.evaluate import evaluate_policy_of
 from rlzoo.envs.meta import MetaRLEnv
 from rlzoo.sweep import seed_keys
@@ -128,7 +128,7 @@ def test_split_envs_keeps_whole_sequences_together():
 @pytest.mark.parametrize("model", ["s5"])  # GRU and LSTM share the interface (tests/test_sequence.py)
 def test_the_cli_trains_and_writes_a_run_folder_with_checkpoints_of_the_complex_s5_state(model, tmp_path):
     from rlzoo.algorithms import ppo_s5
-    from rlzoo.experiment import run_cli
+    from rlzoo.runner import run_cli
 
     args = [*TINY, "--num-envs", "8", "--num-steps", "64", "--num-minibatches", "2", "--sequence-model", model,
             "--d-model", "16", "--state-size", "8", "--num-layers", "1", "--run-dir", str(tmp_path / model)]

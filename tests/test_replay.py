@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlzoo import replay, returns
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 
 NUM_ENVS = 2
 STEPS = 12  # rows written in the hand-built stream

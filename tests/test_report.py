@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlzoo import report
+from rlzoo import report, stats
 
 FAST = 300  # bootstrap resamples in tests
 
@@ -21,9 +21,9 @@ FAST = 300  # bootstrap resamples in tests
 def test_aggregates_of_a_known_matrix_equal_hand_computed_values():
     scores = np.array([[0, 10, 100], [1, 11, 100], [2, 12, 100], [3, 13, 104]], dtype=float)
     # per-task means 1.5, 11.5, 101; pooled sorted values, minus 3 lowest and 3 highest: 3, 10, 11, 12, 13, 100
-    assert report.aggregate_metrics(scores) == pytest.approx({"mean": 38.0, "median": 11.5, "iqm": 149 / 6})
-    assert report.aggregate_iqm([1.0, 2.0, 3.0, 4.0, 50.0]) == pytest.approx(3.0)  # 5 values: keep the middle 3
-    assert report.aggregate_metrics([[1.0], [7.0]], gamma=5.0)["optimality_gap"] == pytest.approx(2.0)
+    assert stats.aggregate_metrics(scores) == pytest.approx({"mean": 38.0, "median": 11.5, "iqm": 149 / 6})
+    assert stats.aggregate_iqm([1.0, 2.0, 3.0, 4.0, 50.0]) == pytest.approx(3.0)  # 5 values: keep the middle 3
+    assert stats.aggregate_metrics([[1.0], [7.0]], gamma=5.0)["optimality_gap"] == pytest.approx(2.0)
 
 
 def test_iqm_trims_like_scipy_trim_mean():
@@ -31,23 +31,23 @@ def test_iqm_trims_like_scipy_trim_mean():
     rng = np.random.default_rng(0)
     for runs, tasks in [(1, 1), (3, 1), (5, 3), (7, 2), (10, 4)]:
         scores = rng.normal(size=(runs, tasks))
-        assert report.aggregate_iqm(scores) == pytest.approx(scipy_stats.trim_mean(scores, 0.25, axis=None))
+        assert stats.aggregate_iqm(scores) == pytest.approx(scipy_stats.trim_mean(scores, 0.25, axis=None))
 
 
 def test_bad_score_matrices_are_rejected():
     for bad in ([[1.0, float("nan")]], [], np.zeros((2, 2, 2))):
         with pytest.raises(ValueError):
-            report.aggregate_metrics(bad)
+            stats.aggregate_metrics(bad)
 
 
 def test_stratified_bootstrap_ci_contains_the_estimate_and_narrows_with_more_runs():
     widths = []
     for runs in (5, 50):  # the same spread of values per task, only more runs
         scores = np.linspace(-1.0, 1.0, runs)[:, None] ** 3 + np.array([0.0, 5.0, 10.0])
-        for name, fn in report.metric_functions().items():
-            low, high = report.stratified_bootstrap_ci(scores, fn, num_resamples=FAST)
+        for name, fn in stats.metric_functions().items():
+            low, high = stats.stratified_bootstrap_ci(scores, fn, num_resamples=FAST)
             assert low <= fn(scores) <= high, (runs, name)
-        intervals = report.aggregate_intervals(scores, num_resamples=FAST)
+        intervals = stats.aggregate_intervals(scores, num_resamples=FAST)
         for point, low, high in intervals.values():
             assert low <= point <= high
         widths.append({name: high - low for name, (_, low, high) in intervals.items()})
@@ -57,12 +57,12 @@ def test_stratified_bootstrap_ci_contains_the_estimate_and_narrows_with_more_run
 
 def test_bootstrap_is_reproducible_and_confidence_widens_the_interval():
     scores = np.random.default_rng(2).normal(size=(8, 2))
-    ci = report.stratified_bootstrap_ci(scores, report.aggregate_mean, num_resamples=FAST, seed=3)
-    assert ci == report.stratified_bootstrap_ci(scores, report.aggregate_mean, num_resamples=FAST, seed=3)
-    low99, high99 = report.stratified_bootstrap_ci(scores, report.aggregate_mean, FAST, confidence=0.99, seed=3)
+    ci = stats.stratified_bootstrap_ci(scores, stats.aggregate_mean, num_resamples=FAST, seed=3)
+    assert ci == stats.stratified_bootstrap_ci(scores, stats.aggregate_mean, num_resamples=FAST, seed=3)
+    low99, high99 = stats.stratified_bootstrap_ci(scores, stats.aggregate_mean, FAST, confidence=0.99, seed=3)
     assert low99 <= ci[0] and ci[1] <= high99
     with pytest.raises(ValueError, match="confidence"):
-        report.stratified_bootstrap_ci(scores, report.aggregate_mean, confidence=1.5)
+        stats.stratified_bootstrap_ci(scores, stats.aggregate_mean, confidence=1.5)
 
 
 def test_stratified_resampling_never_mixes_tasks():
@@ -71,7 +71,7 @@ def test_stratified_resampling_never_mixes_tasks():
     scores = np.stack([rng.uniform(lo, hi, size=6) for lo, hi in ranges], axis=1)
     duplicates = 0
     for _ in range(200):
-        resample = report.stratified_resample(scores, rng)
+        resample = stats.stratified_resample(scores, rng)
         assert resample.shape == scores.shape
         for task, (lo, hi) in enumerate(ranges):
             assert np.isin(resample[:, task], scores[:, task]).all()
@@ -84,7 +84,7 @@ def test_stratified_resampling_never_mixes_tasks():
             assert ((lo <= resample[:, task]) & (resample[:, task] < hi)).all()
         return resample.mean()
 
-    report.stratified_bootstrap_ci(scores, checked_mean, num_resamples=100)
+    stats.stratified_bootstrap_ci(scores, checked_mean, num_resamples=100)
 
 
 def brute_force_improvement(x, y):
@@ -98,34 +98,34 @@ def brute_force_improvement(x, y):
 def test_probability_of_improvement_edge_cases_and_brute_force():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(6, 3))
-    assert report.probability_of_improvement(x + 100.0, x) == 1.0
-    assert report.probability_of_improvement(x, x + 100.0) == 0.0
-    assert report.probability_of_improvement(x, x) == 0.5
-    assert report.probability_of_improvement_ci(x + 100.0, x, num_resamples=FAST) == (1.0, 1.0)
+    assert stats.probability_of_improvement(x + 100.0, x) == 1.0
+    assert stats.probability_of_improvement(x, x + 100.0) == 0.0
+    assert stats.probability_of_improvement(x, x) == 0.5
+    assert stats.probability_of_improvement_ci(x + 100.0, x, num_resamples=FAST) == (1.0, 1.0)
     for seed in range(3):
         rng = np.random.default_rng(seed)
         a = rng.integers(0, 5, size=(7, 3)).astype(float)  # small integers: many ties
         b = rng.integers(0, 5, size=(4, 3)).astype(float)
-        p = report.probability_of_improvement(a, b)
+        p = stats.probability_of_improvement(a, b)
         assert p == pytest.approx(brute_force_improvement(a, b))
-        assert p + report.probability_of_improvement(b, a) == pytest.approx(1.0)
-        low, high = report.probability_of_improvement_ci(a, b, num_resamples=FAST)
+        assert p + stats.probability_of_improvement(b, a) == pytest.approx(1.0)
+        low, high = stats.probability_of_improvement_ci(a, b, num_resamples=FAST)
         assert 0.0 <= low <= p <= high <= 1.0
     with pytest.raises(ValueError, match="same tasks"):
-        report.probability_of_improvement(np.zeros((3, 2)), np.zeros((3, 1)))
+        stats.probability_of_improvement(np.zeros((3, 2)), np.zeros((3, 1)))
 
 
 def test_performance_profile_equals_hand_counts_and_is_non_increasing():
     scores = np.array([[1.0, 5.0], [2.0, 6.0], [3.0, 7.0]])
-    profile = report.performance_profile(scores, [0.0, 1.0, 2.5, 6.0, 10.0])
+    profile = stats.performance_profile(scores, [0.0, 1.0, 2.5, 6.0, 10.0])
     # task 0 above tau: 3, 2, 1, 0, 0 of 3; task 1: 3, 3, 3, 1, 0 of 3 (strictly above)
     np.testing.assert_allclose(profile, [1.0, 5 / 6, 2 / 3, 1 / 6, 0.0])
 
     random_scores = np.random.default_rng(6).normal(size=(10, 4))
     thresholds = np.linspace(-3, 3, 61)
-    profile = report.performance_profile(random_scores, thresholds)
+    profile = stats.performance_profile(random_scores, thresholds)
     assert np.all(np.diff(profile) <= 0)
-    low, high = report.performance_profile_ci(random_scores, thresholds, num_resamples=FAST)
+    low, high = stats.performance_profile_ci(random_scores, thresholds, num_resamples=FAST)
     assert low.shape == high.shape == thresholds.shape
     assert np.all((0 <= low) & (low <= high) & (high <= 1))
     assert np.all(np.diff(low) <= 0) and np.all(np.diff(high) <= 0)
@@ -135,7 +135,7 @@ def test_performance_profile_equals_hand_counts_and_is_non_increasing():
 
 
 def write_run(run_dir: Path, algo: str, env_id: str, per_seed: dict, seed: int = 0) -> Path:
-    """A run folder as rlzoo.experiment writes it: config.json, summary.json and metrics.csv."""
+    """A run folder as rlzoo.runner writes it: config.json, summary.json and metrics.csv."""
     run_dir.mkdir(parents=True)
     labels = list(per_seed)
     num_seeds = len(next(iter(per_seed.values())))

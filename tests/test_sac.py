@@ -8,8 +8,8 @@ import pytest
 
 from rlzoo import replay
 from rlzoo.algorithms.sac import Config, HParams, SquashedGaussianActor, make_train, sample_action
-from rlzoo.config import ConfigError
-from rlzoo.experiment import load_run, run_cli
+from rlzoo.trainer import ConfigError
+from rlzoo.runner import load_run, run_cli
 
 # A CPU test budget (Pendulum-v1, 2 seeds): 2x64 networks, two gradient steps per vectorised step of 4 envs.
 BUDGET = ["--total-timesteps", "10000", "--learning-starts", "1000", "--hidden-sizes", "64", "64",

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 from rlzoo.sequence import (SEQUENCE_MODELS, hippo_legs_normal, make_sequence_model, resettable_scan,
                             resolve_scan, zoh_discretize)
 

@@ -13,8 +13,8 @@ import pytest
 
 from rlzoo import replay
 from rlzoo.algorithms import spr
-from rlzoo.config import ConfigError, check_hparams
-from rlzoo.experiment import run_cli
+from rlzoo.trainer import ConfigError, check_hparams
+from rlzoo.runner import run_cli
 from rlzoo.returns import n_step_returns
 
 # 400 updates of 4 envs, 300 of them learning; a small batch and transition model keep it cheap on CPU.

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms import ppo, td
-from rlzoo.config import ConfigError, check_hparams
-from rlzoo.envs import random_walk_experiment as rw
-from rlzoo.experiment import run_cli
+from rlzoo.trainer import ConfigError, check_hparams
+from rlzoo.experiments import random_walk_td
+from rlzoo.experiments import random_walk_td as rw
+from rlzoo.runner import run_cli
 from rlzoo.returns import discounted_returns
 
 
@@ -40,22 +41,22 @@ def test_the_best_rms_error_lies_in_the_books_range(random_walk):
     assert (run_dir / "rms_vs_alpha.png").stat().st_size > 0 and (run_dir / "rms_vs_alpha.md").exists()
 
 
-def test_td_py_with_experiment_random_walk_runs_the_experiment_module(tmp_path, monkeypatch, capsys):
-    """`python algorithms/td.py --experiment random-walk ...` is the experiment's command line, outputs unchanged."""
+def test_random_walk_command_line_writes_the_run_folder_and_refuses_bad_input(tmp_path, monkeypatch, capsys):
+    """`python -m rlzoo.experiments.random_walk_td ...` is the experiment's command line."""
     run_dir = tmp_path / "cli"
-    monkeypatch.setattr("sys.argv", ["td.py", "--experiment", "random-walk", "--method", "true-online",
+    monkeypatch.setattr("sys.argv", ["random_walk_td.py", "--method", "true-online",
                                      "--lambdas", "0", "0.8", "--alphas", "0.2", "0.4", "--num-runs", "8",
                                      "--run-dir", str(run_dir)])
-    td.main()
+    random_walk_td.main()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == "true-online" and set(summary["best_by_lambda"]) == {"0", "0.8"}
     assert json.loads((run_dir / "config.json").read_text())["algo"] == "td"
     table = np.loadtxt(run_dir / "rms_vs_alpha.csv", delimiter=",", skiprows=1)
     assert table.shape == (2, 3) and np.isclose(table[:, 1:].min(), summary["best_rms"], atol=1e-4)
     assert "best RMS" in capsys.readouterr().out and (run_dir / "rms_vs_alpha.png").stat().st_size > 0
-    monkeypatch.setattr("sys.argv", ["td.py", "--experiment", "random-walk", "--lambdas", "1.2"])
+    monkeypatch.setattr("sys.argv", ["random_walk_td.py", "--lambdas", "1.2"])
     with pytest.raises(SystemExit) as exit_info:
-        td.main()
+        random_walk_td.main()
     assert exit_info.value.code == 2 and "lambdas=1.2 is not allowed" in capsys.readouterr().err
 
 
@@ -161,7 +162,7 @@ def test_neural_td0_predicts_monte_carlo_returns_of_held_out_cartpole_episodes(c
 
 def test_the_evaluated_policy_is_the_greedy_policy_of_a_ppo_checkpoint_and_td_keeps_the_run_folder(
         sweep_run, tmp_path):
-    from rlzoo.experiment import load_run
+    from rlzoo.runner import load_run
     from rlzoo.networks import ActorCritic
 
     ppo_dir, _ = sweep_run  # the shared tiny PPO run (CartPole-v1)

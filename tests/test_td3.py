@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms.td3 import Config, HParams, make_train, smoothed_target_action
-from rlzoo.config import ConfigError, check_hparams
-from rlzoo.experiment import run_cli
+from rlzoo.trainer import ConfigError, check_hparams
+from rlzoo.runner import run_cli
 from tests.test_sac import FILES, RUN, final_eval_returns, read_rows
 
 # A CPU test budget (Pendulum-v1, 2 seeds): 2x64 networks, two gradient steps per vectorised step of 4 envs

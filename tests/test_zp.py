@@ -9,10 +9,10 @@ import pytest
 
 from rlzoo import replay
 from rlzoo.algorithms import zp
-from rlzoo.config import ConfigError, check_hparams
-from rlzoo.env_adapter import make_env
+from rlzoo.trainer import ConfigError, check_hparams
+from rlzoo.envs import make_env
 from rlzoo.envs.distractor import wrap_env
-from rlzoo.experiment import run_cli
+from rlzoo.runner import run_cli
 from rlzoo.sweep import seed_keys
 from tests.test_dqn import greedy_return
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from rlzoo.config import ConfigError
+from rlzoo.trainer import ConfigError
 
 BACKENDS = ("tensorboard", "wandb")
 """The names `--log` accepts."""

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import checkpoint
-from rlzoo.backends import make_sinks, run_name
-from rlzoo.config import ConfigError, Trainer, check, check_hparams
+from rlzoo.trackers import make_sinks, run_name
+from rlzoo.trainer import ConfigError, Trainer, check, check_hparams
 from rlzoo.evaluate import evaluate_policy_of
 from rlzoo.logging import MetricsCSV, ProgressBar, plot_learning_curves, results_table
 from rlzoo.sweep import expand_members, make_grid, member_sharding, parse_sweep, seed_keys, shard_members, split_members
@@ -184,7 +184,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                           f"or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not options.resume:
-        _write_json(run_dir / CONFIG_FILE, {
+        write_json(run_dir / CONFIG_FILE, {
             "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
             "run": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("run_dir", "resume")},
             "configs": grid.labels,
@@ -292,7 +292,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         "run_dir": str(run_dir),
         "devices": len(jax.local_devices()) if sharding is None else len(sharding.mesh.devices.flat),
     }
-    _write_json(run_dir / SUMMARY_FILE, summary)
+    write_json(run_dir / SUMMARY_FILE, summary)
     plot_learning_curves(run_dir / METRICS_FILE, run_dir / PLOT_FILE, f"{algo} on {config.env_id}")
     results_table(grid.labels, final, f"{algo} on {config.env_id}: {summary['env_steps']:,} steps, "
                   f"{num_seeds} seed(s); compile {compile_s:.1f}s, run {run_s:.1f}s, "
@@ -324,7 +324,7 @@ def _per_config_mean(values: np.ndarray, labels: list[str]) -> float | dict[str,
     return means[0] if len(labels) == 1 else dict(zip(labels, means))
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_json(path: Path, payload: dict[str, Any]) -> None:
     def clean(value):
         if isinstance(value, float) and not math.isfinite(value):
             return None

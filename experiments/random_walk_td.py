@@ -1,8 +1,8 @@
 """Sutton & Barto's Fig. 12.3 (and 12.6, 12.8): RMS error of TD(lambda) methods on the 19-state random walk.
 
-    python algorithms/td.py --experiment random-walk                        # the offline lambda-return, Fig. 12.3
-    python algorithms/td.py --experiment random-walk --method true-online   # true online TD(lambda), Fig. 12.8
-    python -m rlzoo.envs.random_walk_experiment --method accumulating       # the same CLI, run directly
+    python -m rlzoo.experiments.random_walk_td                        # the offline lambda-return, Fig. 12.3
+    python -m rlzoo.experiments.random_walk_td --method true-online   # true online TD(lambda), Fig. 12.8
+    python -m rlzoo.experiments.random_walk_td --method accumulating  # accumulating traces, Fig. 12.6
 
 For every lambda x alpha x run, a tabular value function (V_0 = 0, gamma = 1)
 learns from 10 episodes of the uniform random walk, and the RMS error against
@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo.algorithms.td import accumulating_td_step, true_online_td_step
-from rlzoo.config import ConfigError, check
+from rlzoo.trainer import ConfigError, check
 from rlzoo.envs.random_walk import RandomWalk
-from rlzoo.experiment import CONFIG_FILE, SUMMARY_FILE, _write_json
+from rlzoo.runner import CONFIG_FILE, SUMMARY_FILE, write_json
 from rlzoo.returns import lambda_returns
 
 # --------------------------------------------------------------------------- offline algorithms, one episode at a time
@@ -161,7 +161,7 @@ def run_random_walk(experiment: RandomWalkExperiment) -> dict[str, Any]:
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} already holds a run: choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / CONFIG_FILE, {"algo": "td", "experiment": dataclasses.asdict(experiment)})
+    write_json(run_dir / CONFIG_FILE, {"algo": "td", "experiment": dataclasses.asdict(experiment)})
     num_states, max_steps = 19, 4096  # P(a walk from the middle lasts 4096 steps) < 1e-20
     keys = jax.random.split(jax.random.PRNGKey(experiment.seed), (experiment.num_runs, experiment.num_episodes))
     positions, lengths = jax.jit(jax.vmap(jax.vmap(lambda k: random_walk_episodes(k, num_states, max_steps))))(keys)
@@ -178,7 +178,7 @@ def run_random_walk(experiment: RandomWalkExperiment) -> dict[str, Any]:
             for lam, row in zip(experiment.lambdas, rms)}
     summary = {"best_rms": float(rms.min()), "best_by_lambda": best, "method": experiment.method,
                "mean_episode_length": float(lengths.mean()), "grid_s": seconds, "run_dir": str(run_dir)}
-    _write_json(run_dir / SUMMARY_FILE, summary)
+    write_json(run_dir / SUMMARY_FILE, summary)
     header = ["lambda", *(f"{a:g}" for a in experiment.alphas)]
     rows = [[f"{lam:g}", *(f"{v:.4f}" for v in row)] for lam, row in zip(experiment.lambdas, rms)]
     (run_dir / "rms_vs_alpha.csv").write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
@@ -209,7 +209,7 @@ def plot_rms_vs_alpha(path, experiment: RandomWalkExperiment, rms) -> None:
 
 
 def main() -> None:
-    """The `--experiment random-walk` command line (also `python algorithms/td.py --experiment random-walk`)."""
+    """The command line: `python -m rlzoo.experiments.random_walk_td [--method ...]`."""
     import tyro
 
     try:

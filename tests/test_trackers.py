@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlzoo.backends import TensorBoardSink, make_sinks, run_name
-from rlzoo.config import ConfigError
+from rlzoo.trackers import TensorBoardSink, make_sinks, run_name
+from rlzoo.trainer import ConfigError
 
 LABELS = ["lr=0.001", "lr=0.0003"]
 NUM_SEEDS = 2

@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rlzoo.experiment import mean_of_finished, plan_chunks
+from rlzoo.runner import mean_of_finished, plan_chunks
 from tests.conftest import TINY, run_ppo
 
 

@@ -92,7 +92,7 @@ class Trainer:
 
     `data` holds arrays that every member reads and none owns, such as an offline
     dataset. When it is set, `init` and `update` take it as a last argument and the
-    runners (`run_members`, `members`, `rlzoo.experiment`, `rlzoo.sweep`) hand it to
+    runners (`run_members`, `members`, `rlzoo.runner`, `rlzoo.sweep`) hand it to
     `jax.jit` as an input, shared by all members. Closed over instead, it would be
     embedded in every compiled program as a constant: a 1M x 25 float32 dataset gave
     200 MB of HLO text and doubled the compile time (measured, jax 0.10).

@@ -1,8 +1,8 @@
 """Generate D4RL-style offline datasets from rlzoo's own behaviour policies.
 
-    python -m rlzoo.envs.offline --env-id Pendulum-v1 --out datasets/
-    python -m rlzoo.envs.offline --env-id brax/hopper --out datasets/ --tier-size 1000000
-    python -m rlzoo.envs.offline --help
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets/
+    python -m rlzoo.experiments.offline_datasets --env-id brax/hopper --out datasets/ --tier-size 1000000
+    python -m rlzoo.experiments.offline_datasets --help
 
 D4RL and Minari cannot be downloaded everywhere, so rlzoo makes its own tiers
 (Fu et al., 2020, section 5), each written as `<out>/<env>/<tier>.hdf5` with
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import datasets
-from rlzoo.config import ConfigError, Trainer, check
+from rlzoo.trainer import ConfigError, Trainer, check
 from rlzoo.env_adapter import Env, VecEnv
 from rlzoo.evaluate import evaluate
 from rlzoo.logging import ProgressBar
