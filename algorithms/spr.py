@@ -50,6 +50,7 @@ import optax
 from flax import struct
 
 from rlzoo import replay
+from rlzoo.returns import n_step_window
 from rlzoo.algorithms import dqn
 from rlzoo.trainer import POSITIVE, Range, Trainer, check
 from rlzoo.env_adapter import VecEnv, mean_last_episode_length, mean_last_episode_return
@@ -250,21 +251,13 @@ def augment(config: Config, key: jax.Array, frames: jax.Array) -> jax.Array:
 
 
 def n_step_from_sequence(sequence: replay.SequenceSample, n: int, gamma) -> replay.NStepSample:
-    """The n-step sample of each sequence's first step, read off the sequence.
-
-    With m = number of steps among the first n still in the episode (the mask),
-    returns = sum_{k<m} gamma^k r_{t+k} and discount = gamma^m (1 - terminated_{t+m-1}),
-    as `replay.sample_n_step` (a sequence never wraps past the write position).
-    """
+    """The n-step sample of each sequence's first step, read off the sequence (`returns.n_step_window`)."""
     steps = sequence.transitions
-    alive = sequence.mask[:, :n].astype(jnp.float32)  # [B, n]
-    powers = jnp.asarray(gamma, jnp.float32) ** jnp.arange(n + 1, dtype=jnp.float32)
-    returns = jnp.sum(alive * powers[:n] * steps.reward[:, :n], axis=1)
-    m = jnp.sum(alive, axis=1).astype(jnp.int32)  # >= 1
-    last = jax.tree.map(lambda x: x[jnp.arange(x.shape[0]), m - 1], steps)  # step t + m - 1
-    discount = powers[m] * (1.0 - last.terminated.astype(jnp.float32))
+    window = n_step_window(steps.reward[:, :n].T, steps.terminated[:, :n].T, sequence.mask[:, :n].T, gamma)
+    last = jax.tree.map(lambda x: x[jnp.arange(x.shape[0]), window.steps - 1], steps)  # step t + m - 1
     first = jax.tree.map(lambda x: x[:, 0], steps)
-    return replay.NStepSample(sequence.indices, first, last, returns, discount, jnp.ones_like(returns))
+    return replay.NStepSample(sequence.indices, first, last, window.returns, window.discount,
+                              jnp.ones_like(window.returns))
 
 
 def latent_rollout(network: SPRNetwork, params, latent: jax.Array, actions: jax.Array) -> jax.Array:

@@ -40,6 +40,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from rlzoo.returns import n_step_window
 from rlzoo.trainer import check, check_scalar
 
 Array = jax.Array
@@ -176,11 +177,6 @@ def _episode_fields(state: ReplayState) -> tuple[Array, Array, Array]:
 def _gather(data: Any, rows: Array, envs: Array) -> Any:
     """Every leaf at [rows, envs] (broadcast together), keeping its dtype."""
     return jax.tree.map(lambda leaf: leaf[rows, envs], data)
-
-
-def _float_dtype(x: Array) -> jnp.dtype:
-    dtype = jnp.asarray(x).dtype
-    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
 
 
 # ---------------------------------------------------------------------------
@@ -462,27 +458,14 @@ def sample_n_step(
     reward, terminated, truncated = _episode_fields(state)
     indices, weights = _draw(state, key, batch_size, 1, prioritized, alpha, beta)
     rows, envs = indices
-    dtype = _float_dtype(reward)
-    gamma = jnp.asarray(gamma, dtype)
     steps_left = state.size - (rows - _oldest(state)) % capacity  # rows t..newest, >= 1
-
-    returns = jnp.zeros((batch_size,), dtype)
-    discount = jnp.zeros((batch_size,), dtype)
-    steps = jnp.zeros((batch_size,), jnp.int32)
-    alive = jnp.ones((batch_size,), bool)  # step t + k is still in the sum
-    gamma_k = jnp.ones((), dtype)
     horizon = min(n, capacity)
-    for k in range(horizon):
-        row_k = (rows + k) % capacity
-        returns = returns + jnp.where(alive, gamma_k * reward[row_k, envs].astype(dtype), 0.0)
-        steps = steps + alive.astype(jnp.int32)
-        gamma_k = gamma_k * gamma
-        # The sum stops at t + k at an episode end, at the newest row, or at the n-th reward.
-        term_k = terminated[row_k, envs] != 0
-        done_k = term_k | (truncated[row_k, envs] != 0)
-        stop = alive & (done_k | (k + 1 >= steps_left) | (k == horizon - 1))
-        discount = jnp.where(stop, gamma_k * (1.0 - term_k.astype(dtype)), discount)
-        alive = alive & ~stop
+    window_rows = (rows[None, :] + jnp.arange(horizon)[:, None]) % capacity  # [n, B]: step k of each window
+    window_terminated = terminated[window_rows, envs]
+    done = (window_terminated != 0) | (truncated[window_rows, envs] != 0)
+    ended_before = jnp.cumsum(done, axis=0) - done  # episode ends strictly before step k
+    in_sum = (ended_before == 0) & (jnp.arange(horizon)[:, None] < steps_left)
+    returns, discount, steps = n_step_window(reward[window_rows, envs], window_terminated, in_sum, gamma)
 
     first = _gather(state.data, rows, envs)
     last = _gather(state.data, (rows + steps - 1) % capacity, envs)

@@ -25,7 +25,7 @@ Conventions, shared by all functions:
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import chex
 import jax
@@ -235,11 +235,9 @@ def n_step_returns(
     dtype = _float_dtype(rewards)
     rewards = jnp.asarray(rewards, dtype)
     next_values = jnp.asarray(next_values, dtype)
-    gamma = jnp.asarray(gamma, dtype)
-    term, done = _flags(terminated, truncated, dtype)
+    _, done = _flags(terminated, truncated, dtype)
     # A step "ends" the sum if the episode ends there or the rollout does.
     ends = 1.0 - (1.0 - done) * (1.0 - _last_step(rewards.shape, dtype))
-    bootstrap = (1.0 - term) * next_values
 
     def shift(x: Array, k: int) -> Array:
         """x[t + k] at position t, zero past the end of the rollout."""
@@ -248,18 +246,60 @@ def n_step_returns(
         return jnp.concatenate([x[k:], jnp.zeros_like(x[:k])], axis=0)
 
     horizon = min(n, rewards.shape[0])  # Every sum ends by the rollout's end.
-    returns = jnp.zeros_like(rewards)
-    alive = jnp.ones_like(rewards)  # 1 while step t + k is still in the sum.
-    discount = jnp.ones((), dtype)  # γ^k
-    for k in range(horizon):
-        returns = returns + alive * discount * shift(rewards, k)
-        discount = discount * gamma
-        # The sum stops at step t + k if the episode or rollout ends there, or if
-        # this is its n-th reward.
-        stop = alive if k == horizon - 1 else alive * shift(ends, k)
-        returns = returns + stop * discount * shift(bootstrap, k)
-        alive = alive - stop
-    return returns
+    ended_before = jnp.cumsum(jnp.stack([jnp.zeros_like(ends)] + [shift(ends, k) for k in range(horizon - 1)]), axis=0)
+    window = n_step_window(jnp.stack([shift(rewards, k) for k in range(horizon)]),
+                           jnp.stack([shift(jnp.asarray(terminated), k) for k in range(horizon)]),
+                           ended_before == 0, gamma)
+    last = jnp.arange(rewards.shape[0]).reshape((-1,) + (1,) * (rewards.ndim - 1)) + window.steps - 1
+    return window.returns + window.discount * jnp.take_along_axis(next_values, last, axis=0)
+
+
+class NStepWindow(NamedTuple):
+    """What `n_step_window` returns: the reward sum, the bootstrap discount and the steps summed m."""
+
+    returns: Array
+    discount: Array
+    steps: Array
+
+
+def n_step_window(rewards: Array, terminated: Array, in_sum: Array, gamma: Scalar) -> NStepWindow:
+    """The n-step return of windows of consecutive steps t..t+n-1, without the bootstrap value.
+
+    With m = the number of steps in the sum (a prefix of the window: the sum
+    stops at the first episode end, at the window's last usable step, or at the
+    n-th reward)::
+
+        returns  = Σ_{k=0}^{m-1} γ^k r_{t+k}
+        discount = γ^m (1 - terminated_{t+m-1})
+
+    so G^(n)_t = returns + discount * V(s'_{t+m-1}) (Sutton & Barto, 2018, eq. 7.1).
+    This is the one n-step sum of rlzoo: `n_step_returns` (rollouts),
+    `rlzoo.replay.sample_n_step` (replay) and SPR's sequences all call it.
+
+    Args:
+        rewards: r_{t+k}, shape [n, ...] (the window's step k on the leading axis).
+        terminated: terminated_{t+k} (bool or 0/1), shape [n, ...].
+        in_sum: True for the steps in the sum, a prefix along the leading axis
+            (True at k = 0), shape [n, ...].
+        gamma: discount γ, a scalar (may be traced).
+
+    Returns:
+        ``NStepWindow(returns, discount, steps)``, each of shape [...]; steps is m (int32).
+    """
+    chex.assert_equal_shape([rewards, terminated, in_sum])
+    check_scalar(gamma=gamma)
+    dtype = _float_dtype(rewards)
+    gamma = jnp.asarray(gamma, dtype)
+    in_sum = jnp.asarray(in_sum, bool)
+    returns = jnp.zeros(rewards.shape[1:], dtype)
+    discount = jnp.zeros(rewards.shape[1:], dtype)
+    gamma_k = jnp.ones((), dtype)  # γ^k
+    for k in range(rewards.shape[0]):
+        returns = returns + jnp.where(in_sum[k], gamma_k * rewards[k].astype(dtype), 0.0)
+        gamma_k = gamma_k * gamma
+        stops_here = in_sum[k] & ~in_sum[k + 1] if k + 1 < rewards.shape[0] else in_sum[k]
+        discount = jnp.where(stops_here, gamma_k * (1.0 - (jnp.asarray(terminated[k]) != 0).astype(dtype)), discount)
+    return NStepWindow(returns, discount, jnp.sum(in_sum, axis=0, dtype=jnp.int32))
 
 
 def discounted_returns(
