@@ -38,11 +38,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo import replay
+from rlzoo import iterated, replay, value_based
 from rlzoo.algorithms import dqn
-from rlzoo.trainer import Range, Trainer, check
-from rlzoo.env_adapter import mean_last_episode_length, mean_last_episode_return
+from rlzoo.env_adapter import episode_metrics
 from rlzoo.networks import QNetwork, make_torso, orthogonal_dense
+from rlzoo.trainer import Range, Trainer, check
+from rlzoo.tree import tree_select
+from rlzoo.value_based import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,21 +105,13 @@ class Iterations:
     roll: Any  # (target_params, params) -> (target_params, params) after the window rolls
 
 
-def shift(x: jax.Array, axis: int = 0) -> jax.Array:
-    """Q_k <- Q_{k+1} along `axis`; the last keeps its weights."""
-    x = jnp.moveaxis(x, axis, 0)
-    return jnp.moveaxis(jnp.concatenate([x[1:], x[-1:]]), 0, axis)
-
-
 def separate_networks(network: QNetwork) -> Iterations:
     """K networks stacked on a leading axis; targets likewise."""
     apply_all = lambda params, obs: jax.vmap(lambda p: network.apply(p, obs))(params)  # noqa: E731
     return Iterations(
         online_q=apply_all, target_q=apply_all,
         head_q=lambda params, obs, k: network.apply(jax.tree.map(lambda x: x[k], params), obs),
-        follow=lambda target, params: jax.tree.map(lambda t, p: t.at[1:].set(p[:-1]), target, params),
-        roll=lambda target, params: (jax.tree.map(lambda t, p: t.at[0].set(p[0]), target, params),
-                                     jax.tree.map(shift, params)))
+        follow=iterated.follow, roll=iterated.roll)
 
 
 def shared_torso(network: MultiHeadQNetwork) -> Iterations:
@@ -128,7 +122,7 @@ def shared_torso(network: MultiHeadQNetwork) -> Iterations:
         def shift_heads(path, x):
             if any(getattr(k, "key", None) == "heads" for k in path):
                 heads = x.reshape(*x.shape[:-1], network.num_heads, num_actions)
-                return shift(heads, axis=-2).reshape(x.shape)
+                return iterated.shift(heads, axis=-2).reshape(x.shape)
             return x
         return target, jax.tree_util.tree_map_with_path(shift_heads, params)
 
@@ -158,22 +152,13 @@ def make_train(config: Config) -> Trainer:
         network = MultiHeadQNetwork(vec_env.spec.obs_shape, vec_env.spec.num_actions, num_heads + 1,
                                     config.hidden_sizes, config.activation)
     iterations = shared_torso(network) if config.shared_torso else separate_networks(network)
-    capacity = config.buffer_size // config.num_envs
-    learning_starts_updates = config.learning_starts // config.steps_per_update
-    stack = lambda tree: jax.tree.map(lambda x: jnp.repeat(x[None], num_heads, axis=0), tree)  # noqa: E731
 
-    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
-        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.lr))
+    def init_params(key: jax.Array, obs: jax.Array):
+        """One network with K + 1 heads, or K copies of one network's initialisation."""
+        return network.init(key, obs) if config.shared_torso else iterated.stack(network.init(key, obs), num_heads)
 
-    def init(key: jax.Array, hp: HParams) -> dqn.TrainState:
-        key, net_key, env_key = jax.random.split(key, 3)
-        env_state, obs = vec_env.reset(env_key)
-        params = network.init(net_key, obs) if config.shared_torso else stack(network.init(net_key, obs))
-        example = dqn.Transition(obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), bool),
-                                 jnp.zeros((), bool), obs[0])
-        buffer = replay.init(example, capacity, config.num_envs)
-        return dqn.TrainState(params, params, make_optimizer(hp).init(params), buffer, env_state, obs, key,
-                              jnp.zeros((), jnp.int32))
+    def init(key: jax.Array, hp: HParams) -> TrainState:
+        return value_based.init_state(vec_env, config, key, init_params, value_based.make_optimizer(hp))
 
     def act(state, key, obs, greedy: bool, eps=0.0):
         """Epsilon-greedy on one online network drawn uniformly (greedy: network K, the newest iteration)."""
@@ -183,52 +168,32 @@ def make_train(config: Config) -> Trainer:
             key, head_key = jax.random.split(key)
             head = jax.random.randint(head_key, (), 0, num_heads)
         q_values = iterations.head_q(state.params, obs, head)
-        return jnp.argmax(q_values, axis=-1) if greedy else dqn.epsilon_greedy(key, q_values, eps,
-                                                                                vec_env.spec.num_actions)
+        return value_based.greedy_or_epsilon_greedy(q_values, key, greedy, eps, vec_env.spec.num_actions)
 
-    def env_step(carry, key):
-        state, eps = carry
-        act_key, env_key = jax.random.split(key)
-        action = act(state, act_key, state.obs, False, eps)
-        env_state, ts = vec_env.step(env_key, state.env_state, action)
-        transition = dqn.Transition(state.obs, action, ts.reward, ts.terminated, ts.truncated, ts.final_obs)
-        return (state._replace(env_state=env_state, obs=ts.obs, buffer=replay.add(state.buffer, transition)), eps), None
-
-    def update(state: dqn.TrainState, hp: HParams):
+    def update(state: TrainState, hp: HParams):
         key, rollout_key, learn_key = jax.random.split(state.key, 3)
-        eps = dqn.epsilon(hp, state.update_index, num_updates)
-        (state, _), _ = jax.lax.scan(env_step, (state, eps), jax.random.split(rollout_key, config.train_every))
+        eps = value_based.epsilon(hp, state.update_index, num_updates)
+        state = value_based.collect(vec_env, act, state, rollout_key, eps, config.train_every)
 
         sample = replay.sample_n_step(state.buffer, learn_key, config.batch_size, config.n_step, hp.gamma)
         (loss, q_mean), grads = jax.value_and_grad(
             lambda p: iterated_loss(config, iterations, p, state.target_params, sample), has_aux=True)(state.params)
-        updates, opt_state = make_optimizer(hp).update(grads, state.opt_state, state.params)
-        learning = state.update_index >= learning_starts_updates
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(learning, n, o), new, old)  # noqa: E731
-        params = keep(optax.apply_updates(state.params, updates), state.params)
-        opt_state = keep(opt_state, state.opt_state)
+        updates, opt_state = value_based.make_optimizer(hp).update(grads, state.opt_state, state.params)
+        learning = state.update_index >= config.learning_starts_updates
+        params, opt_state = tree_select(learning, (optax.apply_updates(state.params, updates), opt_state),
+                                        (state.params, state.opt_state))
 
         update_index = state.update_index + 1
-        roll = learning & (update_index % jnp.asarray(hp.roll_period).astype(jnp.int32) == 0)
-        follow = learning & (update_index % jnp.asarray(hp.target_period).astype(jnp.int32) == 0)
-        select = lambda pred, new, old: jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)  # noqa: E731
-        rolled_targets, rolled_params = iterations.roll(state.target_params, params)
-        target_params = select(roll, rolled_targets, state.target_params)
-        params = select(roll, rolled_params, params)
-        target_params = select(follow, iterations.follow(target_params, params), target_params)
-        metrics = {
-            "env_steps": update_index * config.steps_per_update,
-            "episode_return": mean_last_episode_return(state.env_state),
-            "episode_length": mean_last_episode_length(state.env_state),
-            "loss": loss, "q_mean": q_mean, "epsilon": eps,
-        }
+        target_params, params = iterated.advance(
+            state.target_params, params, learning & iterated.is_due(update_index, hp.roll_period),
+            learning & iterated.is_due(update_index, hp.target_period), iterations.roll, iterations.follow)
+        metrics = {"env_steps": update_index * config.steps_per_update, **episode_metrics(state.env_state),
+                   "loss": loss, "q_mean": q_mean, "epsilon": eps}
         return state._replace(params=params, target_params=target_params, opt_state=opt_state, key=key,
                               update_index=update_index), metrics
 
-    def act_for_evaluation(state, key, obs, greedy):
-        return act(state, key, obs, True) if greedy else act(state, key, obs, False, 0.05)
-
-    return Trainer(init, update, num_updates, config.steps_per_update, act_for_evaluation, vec_env.env)
+    return Trainer(init, update, num_updates, config.steps_per_update, value_based.evaluation_policy(act),
+                   vec_env.env)
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ each frame by 1 + 0.05 clip(N(0, 1), -2, 2). Acting and evaluation see raw frame
 
 Left out from the paper: noisy nets and dueling (exploration is dqn.py's
 epsilon-greedy), the latent renormalisation and the batch norm of the transition
-model. Acting, replay, exploration, the C51/HL-Gauss loss and Polyak updates come
-from dqn.py.
+model. Acting, replay and exploration are every epsilon-greedy learner's
+(`rlzoo.value_based`); the C51/HL-Gauss loss is dqn.py's.
 """
 
 from __future__ import annotations
@@ -49,13 +49,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo import replay
-from rlzoo.returns import n_step_window
+from rlzoo import replay, value_based
 from rlzoo.algorithms import dqn
-from rlzoo.trainer import POSITIVE, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, mean_last_episode_length, mean_last_episode_return
+from rlzoo.env_adapter import VecEnv, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import MinAtarCNN, PatchConv, orthogonal_dense
+from rlzoo.returns import n_step_window
+from rlzoo.trainer import POSITIVE, Range, Trainer, check
+from rlzoo.tree import polyak, tree_select
 
 AUGMENTATIONS = ("none", "shift", "shift_intensity")
 TARGETS = ("ema", "online")
@@ -189,21 +190,12 @@ class SPRNetwork(nn.Module):
         return self.q_logits(projected), self.predict(projected)
 
 
-class Transition(NamedTuple):
-    obs: jax.Array  # uint8 frames
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    next_obs: jax.Array  # the true next frame (the final one on a done step), uint8
-
-
 class TrainState(NamedTuple):
     params: Any
     target_params: Any  # the C51 bootstrap network, refreshed every target_period updates
     spr_target_params: Any  # the EMA encoder/projection (unused with --target online)
     opt_state: Any
-    buffer: replay.ReplayState
+    buffer: replay.ReplayState  # replay.Transition rows, frames stored as uint8
     env_state: Any
     obs: jax.Array
     key: jax.Array
@@ -301,36 +293,18 @@ def make_train(config: Config) -> Trainer:
                          transition_channels=config.transition_channels)
     _, to_q = dqn.make_value_head(config)
     num_updates = config.num_updates
-    capacity = config.buffer_size // config.num_envs
-    learning_starts_updates = config.learning_starts // config.steps_per_update
-
-    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
-        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.lr))
 
     def init(key: jax.Array, hp: HParams) -> TrainState:
-        key, net_key, env_key = jax.random.split(key, 3)
-        env_state, obs = vec_env.reset(env_key)
-        params = network.init(net_key, obs, jnp.zeros(obs.shape[0], jnp.int32), method=SPRNetwork.initialize)
-        frame = obs[0].astype(jnp.uint8)
-        example = Transition(frame, jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), bool),
-                             jnp.zeros((), bool), frame)
-        buffer = replay.init(example, capacity, config.num_envs)
-        return TrainState(params, params, params, make_optimizer(hp).init(params), buffer, env_state, obs, key,
-                          jnp.zeros((), jnp.int32))
+        """Frames are stored as uint8; the EMA target starts as a copy of the online network."""
+        init_params = lambda key, obs: network.init(key, obs, jnp.zeros(obs.shape[0], jnp.int32),  # noqa: E731
+                                                    method=SPRNetwork.initialize)
+        base = value_based.init_state(vec_env, config, key, init_params, value_based.make_optimizer(hp), jnp.uint8)
+        return TrainState(base.params, base.target_params, base.params, *base[2:])
 
     def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool, eps=0.0) -> jax.Array:
         """Epsilon-greedy on the C51 mean of raw (unaugmented) frames; greedy when evaluating."""
         q_values = to_q(network.apply(state.params, obs))
-        return jnp.argmax(q_values, axis=-1) if greedy else dqn.epsilon_greedy(key, q_values, eps, num_actions)
-
-    def env_step(carry, key: jax.Array):
-        state, eps = carry
-        act_key, env_key = jax.random.split(key)
-        action = act(state, act_key, state.obs, False, eps)
-        env_state, ts = vec_env.step(env_key, state.env_state, action)
-        transition = Transition(state.obs, action, ts.reward, ts.terminated, ts.truncated, ts.final_obs)
-        state = state._replace(env_state=env_state, obs=ts.obs, buffer=replay.add(state.buffer, transition))
-        return (state, eps), None
+        return value_based.greedy_or_epsilon_greedy(q_values, key, greedy, eps, num_actions)
 
     def total_loss(params, state: TrainState, sequence: replay.SequenceSample, key: jax.Array, hp: HParams):
         """L_C51 on the augmented n-step sample + lambda L_SPR, sharing the first frames' augmentation."""
@@ -346,42 +320,33 @@ def make_train(config: Config) -> Trainer:
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
         key, rollout_key, sample_key, loss_key = jax.random.split(state.key, 4)
-        eps = dqn.epsilon(hp, state.update_index, num_updates)
-        (state, _), _ = jax.lax.scan(env_step, (state, eps), jax.random.split(rollout_key, config.train_every))
+        eps = value_based.epsilon(hp, state.update_index, num_updates)
+        state = value_based.collect(vec_env, act, state, rollout_key, eps, config.train_every)
 
         sequence = replay.sample_sequences(state.buffer, sample_key, config.batch_size, config.sequence_length)
         (loss, (td, spr, q_mean)), grads = jax.value_and_grad(total_loss, has_aux=True)(
             state.params, state, sequence, loss_key, hp)
-        updates, opt_state = make_optimizer(hp).update(grads, state.opt_state, state.params)
-        learning = ((state.update_index >= learning_starts_updates)
+        updates, opt_state = value_based.make_optimizer(hp).update(grads, state.opt_state, state.params)
+        learning = ((state.update_index >= config.learning_starts_updates)
                     & replay.can_sample(state.buffer, config.batch_size, config.sequence_length))
-        select = lambda pred, new, old: jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)  # noqa: E731
-        params = select(learning, optax.apply_updates(state.params, updates), state.params)
-        opt_state = select(learning, opt_state, state.opt_state)
+        params, opt_state = tree_select(learning, (optax.apply_updates(state.params, updates), opt_state),
+                                        (state.params, state.opt_state))
         update_index = state.update_index + 1
         refresh = learning & (update_index % jnp.asarray(hp.target_period).astype(jnp.int32) == 0)
-        target_params = select(refresh, dqn.polyak(state.target_params, params, hp.tau), state.target_params)
-        spr_target_params = select(learning, dqn.polyak(state.spr_target_params, params, 1.0 - hp.ema_tau),
-                                   state.spr_target_params)
-        metrics = {
-            "env_steps": update_index * config.steps_per_update,
-            "episode_return": mean_last_episode_return(state.env_state),
-            "episode_length": mean_last_episode_length(state.env_state),
-            "loss": loss,
-            "td_loss": td,
-            "spr_loss": spr,
-            "q_mean": q_mean,
-            "epsilon": eps,
-            "learning": learning.astype(jnp.float32),
-        }
+        target_params = tree_select(refresh, polyak(state.target_params, params, hp.tau),
+                                    state.target_params)
+        spr_target_params = tree_select(
+            learning, polyak(state.spr_target_params, params, 1.0 - hp.ema_tau),
+            state.spr_target_params)
+        metrics = {"env_steps": update_index * config.steps_per_update, **episode_metrics(state.env_state),
+                   "loss": loss, "td_loss": td, "spr_loss": spr, "q_mean": q_mean, "epsilon": eps,
+                   "learning": learning.astype(jnp.float32)}
         state = state._replace(params=params, target_params=target_params, spr_target_params=spr_target_params,
                                opt_state=opt_state, key=key, update_index=update_index)
         return state, metrics
 
-    def act_for_evaluation(state, key, obs, greedy):
-        return act(state, key, obs, True) if greedy else act(state, key, obs, False, 0.05)
-
-    return Trainer(init, update, num_updates, config.steps_per_update, act_for_evaluation, vec_env.env)
+    return Trainer(init, update, num_updates, config.steps_per_update, value_based.evaluation_policy(act),
+                   vec_env.env)
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ with the ZP target one of `online` phi(s') (gradients flow into it), `detached`
 sg(phi(s')), or `ema` phi_bar(s'), an exponential moving average of phi
 (tau_ema = 0.005 per update, the paper's recommendation). The K = `zp_steps`
 predictions roll g forward and stop at the episode's end. Q_bar and phi_bar
-are the same EMA copy. Acting is epsilon-greedy as in `algorithms/dqn.py`,
-whose replay buffer, epsilon schedule and Polyak update this file reuses.
+are the same EMA copy. Acting, replay and the epsilon schedule are those of
+every epsilon-greedy learner (`rlzoo.value_based`).
 `num_distractors` appends that many N(0, 1) dimensions to every observation
 (`rlzoo.envs.distractor`); the latent's effective rank (srank, Kumar et al.,
 2021) is logged to show whether it collapses.
@@ -24,7 +24,7 @@ whose replay buffer, epsilon schedule and Polyak update this file reuses.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal
 
 import chex
 import flax.linen as nn
@@ -33,10 +33,12 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo import replay
-from rlzoo.algorithms.dqn import ReplayConfig, Transition, epsilon, epsilon_greedy, polyak
-from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
+from rlzoo import replay, value_based
+from rlzoo.env_adapter import VecEnv, episode_metrics
+from rlzoo.replay import Transition
+from rlzoo.trainer import NON_NEGATIVE, Range, Trainer, check
+from rlzoo.tree import polyak, tree_select
+from rlzoo.value_based import EpsilonGreedyHParams, ReplayConfig, TrainState
 from rlzoo.envs import make_env
 from rlzoo.envs.distractor import wrap_env
 from rlzoo.networks import MLP, orthogonal_dense
@@ -84,31 +86,20 @@ class Config(ReplayConfig):
 
 
 @struct.dataclass
-class HParams:
-    """Traced numbers: `vmap` sweeps over any of them in one compiled program."""
+class HParams(EpsilonGreedyHParams):
+    """The epsilon-greedy learner's numbers with ZP's defaults, plus ZP's weight and EMA step."""
 
     lr: float = 1e-3
     """Adam learning rate."""
-    gamma: float = 0.99
-    """Discount factor."""
+    exploration_fraction: float = 0.2
+    """Fraction of training over which epsilon decays linearly."""
     zp_coef: float = 1.0
     """Weight of the ZP loss."""
     tau_ema: float = 0.005
     """Polyak step of the EMA encoder and Q-head, every update."""
-    eps_start: float = 1.0
-    """Initial exploration epsilon."""
-    eps_end: float = 0.05
-    """Final exploration epsilon."""
-    exploration_fraction: float = 0.2
-    """Fraction of training over which epsilon decays linearly."""
-    max_grad_norm: float = 10.0
-    """Global gradient-norm clip."""
 
-    BOUNDS: ClassVar[dict[str, Range]] = {
-        "lr": POSITIVE, "gamma": UNIT_INTERVAL, "zp_coef": NON_NEGATIVE, "tau_ema": Range(0.0, 1.0, low_closed=False),
-        "eps_start": UNIT_INTERVAL, "eps_end": UNIT_INTERVAL, "exploration_fraction": Range(0.0, 1.0, low_closed=False),
-        "max_grad_norm": POSITIVE,
-    }
+    BOUNDS: ClassVar[dict[str, Range]] = {**EpsilonGreedyHParams.BOUNDS, "zp_coef": NON_NEGATIVE,
+                                          "tau_ema": Range(0.0, 1.0, low_closed=False)}
 
 
 class ZPNetwork(nn.Module):
@@ -144,17 +135,6 @@ def effective_rank(latents: jax.Array, threshold: float = 0.99) -> jax.Array:
     singular = jnp.linalg.svd(latents, compute_uv=False)
     cumulative = jnp.cumsum(singular) / jnp.maximum(jnp.sum(singular), 1e-12)
     return jnp.sum(cumulative < threshold) + 1
-
-
-class TrainState(NamedTuple):
-    params: Any
-    target_params: Any  # the EMA copy: phi_bar and Q_bar
-    opt_state: Any
-    buffer: replay.ReplayState
-    env_state: VecEnvState
-    obs: jax.Array
-    key: jax.Array
-    update_index: jax.Array
 
 
 def make_env_and_network(config: Config) -> tuple[VecEnv, ZPNetwork]:
@@ -197,36 +177,19 @@ def rl_loss(network: ZPNetwork, params, target_params, first: Transition, hp: HP
 
 
 def make_train(config: Config) -> Trainer:
+    """The EMA copy (target_params) holds phi_bar and Q_bar."""
     vec_env, network = make_env_and_network(config)
-    num_updates, capacity = config.num_updates, config.buffer_size // config.num_envs
-    learning_starts_updates = config.learning_starts // config.steps_per_update
-
-    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
-        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.lr))
+    num_updates = config.num_updates
 
     def init(key: jax.Array, hp: HParams) -> TrainState:
-        key, net_key, env_key = jax.random.split(key, 3)
-        env_state, obs = vec_env.reset(env_key)
-        params = network.init(net_key, obs, jnp.zeros(config.num_envs, jnp.int32))
-        example = Transition(obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), bool),
-                             jnp.zeros((), bool), obs[0])
-        return TrainState(params, params, make_optimizer(hp).init(params), replay.init(example, capacity, config.num_envs),
-                          env_state, obs, key, jnp.zeros((), jnp.int32))
+        init_params = lambda key, obs: network.init(key, obs, jnp.zeros(config.num_envs, jnp.int32))  # noqa: E731
+        return value_based.init_state(vec_env, config, key, init_params, value_based.make_optimizer(hp))
 
     def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool, eps=0.0) -> jax.Array:
         """Epsilon-greedy on Q(phi(obs), .); greedy when evaluating."""
         q_values = network.apply(state.params, network.apply(state.params, obs, method=ZPNetwork.encode),
                                  method=ZPNetwork.q_values)
-        return jnp.argmax(q_values, -1) if greedy else epsilon_greedy(key, q_values, eps, vec_env.spec.num_actions)
-
-    def env_step(carry, key: jax.Array):
-        state, eps = carry
-        act_key, env_key = jax.random.split(key)
-        action = act(state, act_key, state.obs, False, eps)
-        env_state, ts = vec_env.step(env_key, state.env_state, action)
-        transition = Transition(state.obs, action, ts.reward, ts.terminated, ts.truncated, ts.final_obs)
-        state = state._replace(env_state=env_state, obs=ts.obs, buffer=replay.add(state.buffer, transition))
-        return (state, eps), None
+        return value_based.greedy_or_epsilon_greedy(q_values, key, greedy, eps, vec_env.spec.num_actions)
 
     def learn(state: TrainState, key: jax.Array, hp: HParams):
         sequence = replay.sample_sequences(state.buffer, key, config.batch_size, config.zp_steps)
@@ -238,36 +201,29 @@ def make_train(config: Config) -> Trainer:
             return td + hp.zp_coef * zp, (td, zp, q_mean, latents)
 
         (_, (td, zp, q_mean, latents)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = make_optimizer(hp).update(grads, state.opt_state, state.params)
+        updates, opt_state = value_based.make_optimizer(hp).update(grads, state.opt_state, state.params)
         stats = {"loss": td, "zp_loss": zp, "q_mean": q_mean, "latent_srank": effective_rank(latents)}
         return optax.apply_updates(state.params, updates), opt_state, stats
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
         key, rollout_key, learn_key = jax.random.split(state.key, 3)
-        eps = epsilon(hp, state.update_index, num_updates)
-        (state, _), _ = jax.lax.scan(env_step, (state, eps), jax.random.split(rollout_key, config.train_every))
+        eps = value_based.epsilon(hp, state.update_index, num_updates)
+        state = value_based.collect(vec_env, act, state, rollout_key, eps, config.train_every)
 
         params, opt_state, stats = learn(state, learn_key, hp)
-        learning = state.update_index >= learning_starts_updates
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(learning, n, o), new, old)  # noqa: E731
-        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-        target_params = keep(polyak(state.target_params, params, hp.tau_ema), state.target_params)
+        learning = state.update_index >= config.learning_starts_updates
+        params, opt_state = tree_select(learning, (params, opt_state), (state.params, state.opt_state))
+        target_params = tree_select(learning, polyak(state.target_params, params, hp.tau_ema),
+                                    state.target_params)
         update_index = state.update_index + 1
-        metrics = {
-            "env_steps": update_index * config.steps_per_update,
-            "episode_return": mean_last_episode_return(state.env_state),
-            "episode_length": mean_last_episode_length(state.env_state),
-            "epsilon": eps,
-            **stats,
-        }
+        metrics = {"env_steps": update_index * config.steps_per_update, **episode_metrics(state.env_state),
+                   "epsilon": eps, **stats}
         state = state._replace(params=params, target_params=target_params, opt_state=opt_state, key=key,
                                update_index=update_index)
         return state, metrics
 
-    def act_for_evaluation(state, key, obs, greedy):
-        return act(state, key, obs, True) if greedy else act(state, key, obs, False, 0.05)
-
-    return Trainer(init, update, num_updates, config.steps_per_update, act_for_evaluation, vec_env.env)
+    return Trainer(init, update, num_updates, config.steps_per_update, value_based.evaluation_policy(act),
+                   vec_env.env)
 
 
 def main() -> None:

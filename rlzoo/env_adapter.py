@@ -340,3 +340,8 @@ def mean_last_episode_length(state: VecEnvState) -> chex.Array:
     finished = state.episodes_finished > 0
     total = jnp.sum(jnp.where(finished, state.last_episode_length, 0))
     return jnp.where(finished.any(), total / jnp.maximum(finished.sum(), 1), jnp.nan)
+
+
+def episode_metrics(state: VecEnvState) -> dict[str, chex.Array]:
+    """The two metrics every online trainer reports: mean last episode return and length over envs."""
+    return {"episode_return": mean_last_episode_return(state), "episode_length": mean_last_episode_length(state)}

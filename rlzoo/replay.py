@@ -23,7 +23,10 @@ read three fields, by attribute or by key: ``reward`` (a scalar per env),
 to a new episode. Store ``next_obs`` as the TRUE next observation (the final
 observation on a done step), so a truncated n-step sample bootstraps correctly.
 
-Not here: networks, losses, the acting loop, or a sum-tree. Sampling draws over
+Also here: ``Transition``, the record that rlzoo's replay learners store, and
+``store_step``, which steps a ``VecEnv`` once and writes the row.
+
+Not here: networks, losses, the choice of actions, or a sum-tree. Sampling draws over
 all ``capacity * num_envs`` slots with a cumulative sum when prioritised, so one
 call costs O(capacity * num_envs) time (uniform sampling is O(batch_size)); that is
 cheap next to a network update for buffers of up to a few million slots, and keeps
@@ -109,6 +112,17 @@ class NStepSample(NamedTuple):
     """[B] γ^m (1 - terminated_{t+m-1}): multiply the bootstrap value by it."""
     weights: Array
     """[B] float32 importance weights (all 1 when sampling uniformly)."""
+
+
+class Transition(NamedTuple):
+    """One stored step: what rlzoo's replay learners write (leaves [num_envs, ...] per row)."""
+
+    obs: Array
+    action: Array
+    reward: Array
+    terminated: Array
+    truncated: Array
+    next_obs: Array  # the TRUE next observation (the final one on a done step)
 
 
 class SequenceSample(NamedTuple):
@@ -248,6 +262,25 @@ def add(state: ReplayState, transitions: Any) -> ReplayState:
         position=((state.position + 1) % capacity).astype(jnp.int32),
         size=jnp.minimum(state.size + 1, capacity).astype(jnp.int32),
     )
+
+
+def init_transitions(obs: Array, action: Array, capacity: int, num_envs: int) -> ReplayState:
+    """An empty buffer of `Transition`s shaped like one env's `obs` and `action` (stored in their dtypes)."""
+    example = Transition(obs, action, jnp.zeros(()), jnp.zeros((), bool), jnp.zeros((), bool), obs)
+    return init(example, capacity, num_envs)
+
+
+def store_step(vec_env: Any, state: Any, key: Array, action: Array, env_action: Array | None = None) -> Any:
+    """Steps ``vec_env`` once and writes the `Transition` row into ``state.buffer``.
+
+    ``state`` is any NamedTuple with ``env_state``, ``obs`` and ``buffer`` fields;
+    they come back advanced. ``action`` is what is stored; ``env_action`` (default:
+    the same) is what the env receives, e.g. an action in [-1, 1] mapped onto the
+    env's bounds. ``next_obs`` is the true final observation on a done step.
+    """
+    env_state, step = vec_env.step(key, state.env_state, action if env_action is None else env_action)
+    transition = Transition(state.obs, action, step.reward, step.terminated, step.truncated, step.final_obs)
+    return state._replace(env_state=env_state, obs=step.obs, buffer=add(state.buffer, transition))
 
 
 def update_priorities(state: ReplayState, indices: SlotIndex, priorities: Array) -> ReplayState:

@@ -1,0 +1,34 @@
+"""Pytree updates that every algorithm's update step shares: selection and Polyak averaging.
+
+`tree_select(pred, on_true, on_false)` picks between two pytrees of the same
+structure with one scalar predicate, leaf by leaf (`jnp.where`). Update steps use
+it to keep a state unchanged before learning starts, or to apply a target update
+only on the steps it is due. Both branches are computed; under `vmap` over
+members, `lax.cond` would become the same select.
+
+`polyak(target, online, tau)` is target-network averaging,
+theta_bar <- (1 - tau) theta_bar + tau theta. It is `optax.incremental_update`
+with the two products added in the other order; that order matters to the last
+bit, because XLA on CPU fuses the two into different multiply-adds (swapping in
+`optax.incremental_update` changed SAC's target critics, checked against the
+golden outputs in `tests/test_golden.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+
+Tree = TypeVar("Tree")
+
+
+def tree_select(pred: jax.Array | bool, on_true: Tree, on_false: Tree) -> Tree:
+    """`on_true` where the scalar `pred` holds, else `on_false`, for every leaf."""
+    return jax.tree.map(lambda new, old: jnp.where(pred, new, old), on_true, on_false)
+
+
+def polyak(target: Tree, online: Tree, tau: Any) -> Tree:
+    """theta_bar <- (1 - tau) theta_bar + tau theta, for every leaf (tau = 1: a hard copy)."""
+    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
