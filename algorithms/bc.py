@@ -10,10 +10,8 @@ bounds by tanh and whose log-std is a state-independent parameter (the policy of
 `iql.py`, so that the two differ only in their weighting of the data). The
 greedy policy, used for evaluation, is the mean.
 
-Offline contract (`rlzoo.offline`): one update is `steps_per_update` gradient
-steps then evaluation episodes; `env_steps` in the run folder counts gradient
-steps, `episode_return` is the evaluation return and `normalized_score` is
-D4RL's score against the dataset's random and expert returns.
+The training loop and what the run folder's metrics mean are every offline
+algorithm's: see `rlzoo.offline` (`env_steps` counts gradient steps).
 """
 
 from __future__ import annotations
@@ -28,7 +26,8 @@ from flax import struct
 
 from rlzoo import datasets
 from rlzoo.trainer import POSITIVE, Range, Trainer
-from rlzoo.offline import GaussianActor, OfflineConfig, OfflineData, load_offline_data, make_trainer
+from rlzoo.networks import GaussianActor
+from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
 
 
 @dataclasses.dataclass(frozen=True)

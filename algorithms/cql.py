@@ -24,21 +24,17 @@ Defaults follow the reference code for D4RL locomotion: min-Q weight 5, 10 sampl
 in the backup, actor lr 1e-4, critic lr 3e-4, target entropy -dim(A), gamma 0.99, tau 0.005, 2x256 ReLU
 MLPs (the paper uses 3x256), batch 256, Lagrange off.
 
-Offline contract (`rlzoo.offline`): one update is `steps_per_update` gradient
-steps then evaluation episodes; `env_steps` in the run folder counts gradient
-steps, `episode_return` is the evaluation return and `normalized_score` is
-D4RL's score against the dataset's random and expert returns.
+The training loop and what the run folder's metrics mean are every offline
+algorithm's: see `rlzoo.offline` (`env_steps` counts gradient steps).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -46,10 +42,11 @@ from flax import struct
 
 from rlzoo import datasets
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.networks import ACTIVATIONS
-from rlzoo.offline import EnsembleQ, OfflineConfig, OfflineData, load_offline_data, make_trainer, polyak
+from rlzoo.networks import EnsembleQ, TanhGaussianActor, squashed_gaussian
+from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
+from rlzoo.tree import polyak
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
 ALPHA_PRIME_MAX = 1e6
 
 
@@ -97,39 +94,6 @@ class HParams:
     }
 
 
-class TanhGaussianActor(nn.Module):
-    """SAC's policy: u ~ N(mu(s), sigma(s)^2), a = centre + half_range * tanh(u); log-std clipped to [-5, 2]."""
-
-    action_dim: int
-    hidden_sizes: Sequence[int] = (256, 256)
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = obs
-        for size in self.hidden_sizes:
-            x = ACTIVATIONS[self.activation](nn.Dense(size)(x))
-        mean = nn.Dense(self.action_dim)(x)
-        log_std = jnp.clip(nn.Dense(self.action_dim)(x), LOG_STD_MIN, LOG_STD_MAX)
-        return mean, log_std
-
-
-def squashed_sample(mean: jax.Array, log_std: jax.Array, key: jax.Array, bounds: tuple[float, float],
-                    shape: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
-    """A reparameterised action in the bounds and its log-density (SAC appendix C, with the bounds' scale).
-
-    `shape` adds leading sample axes. log pi(a|s) = log N(u; mu, sigma) - sum log(half_range (1 - tanh(u)^2)).
-    """
-    low, high = bounds
-    half_range = (high - low) / 2
-    noise = jax.random.normal(key, shape + mean.shape)
-    u = mean + jnp.exp(log_std) * noise
-    squashed = jnp.tanh(u)
-    gaussian_log_prob = (-0.5 * jnp.square(noise) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    log_prob = gaussian_log_prob - (jnp.log(half_range * (1.0 - jnp.square(squashed)) + 1e-6)).sum(-1)
-    return (high + low) / 2 + half_range * squashed, log_prob
-
-
 class Learner(NamedTuple):
     actor_params: Any
     critic_params: Any
@@ -151,8 +115,8 @@ def sample_actions(nets: Networks, actor_params: Any, obs: jax.Array, key: jax.A
     """Actions of pi at `obs` [B, ...] and their log-densities; with `num` > 0 an axis of `num` samples: [B, num, A]."""
     mean, log_std = nets.actor.apply(actor_params, obs)
     if num == 0:
-        return squashed_sample(mean, log_std, key, bounds)
-    actions, log_probs = squashed_sample(mean, log_std, key, bounds, (num,))
+        return squashed_gaussian(mean, log_std, *bounds).sample_and_log_prob(seed=key)
+    actions, log_probs = squashed_gaussian(mean, log_std, *bounds).sample_and_log_prob(seed=key, sample_shape=(num,))
     return jnp.swapaxes(actions, 0, 1), jnp.swapaxes(log_probs, 0, 1)
 
 
@@ -270,7 +234,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         if greedy:
             low, high = bounds
             return (high + low) / 2 + (high - low) / 2 * jnp.tanh(mean)
-        return squashed_sample(mean, log_std, key, bounds)[0]
+        return squashed_gaussian(mean, log_std, *bounds).sample(seed=key)
 
     return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
                         steps_per_update=config.steps_per_update, batch_size=config.batch_size,

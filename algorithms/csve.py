@@ -30,15 +30,13 @@ code, as summarised in the project's algorithm notes):
    through the reparameterised sample a~ ~ pi(.|s) and the model into V.
 6. Target critics: Polyak averaging with `tau`.
 
-The policy is `rlzoo.offline.GaussianActor` (tanh-bounded mean, state-independent log-std in [-5, 2]).
+The policy is `rlzoo.networks.GaussianActor` (tanh-bounded mean, state-independent log-std in [-5, 2]).
 Defaults are the authors': lr 3e-4, batch 256, gamma 0.99, beta 3, w_max 100, lambda 1, b 1, c 5, alpha
 initial 10 with lr 1e-4, tau_th 10, tau 0.005; ensemble of 5 members of 4 x 200 swish units. The paper's
 D4RL scores are not reproduced here.
 
-Offline contract (`rlzoo.offline`): one update is `steps_per_update` gradient
-steps then evaluation episodes; `env_steps` in the run folder counts gradient
-steps, `episode_return` is the evaluation return and `normalized_score` is
-D4RL's score against the dataset's random and expert returns.
+The training loop and what the run folder's metrics mean are every offline
+algorithm's: see `rlzoo.offline` (`env_steps` counts gradient steps).
 """
 
 from __future__ import annotations
@@ -54,8 +52,9 @@ from flax import struct
 
 from rlzoo import datasets, dynamics
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.offline import (EnsembleQ, GaussianActor, OfflineConfig, OfflineData, StateValue, load_offline_data,
-                           make_trainer, polyak)
+from rlzoo.networks import EnsembleQ, GaussianActor, StateValue
+from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
+from rlzoo.tree import polyak
 
 ALPHA_MAX = 1e6
 

@@ -19,10 +19,8 @@ tau 0.005, gamma 0.99, lr 3e-4 for all three networks (cosine decay for the
 policy), 2x256 ReLU MLPs, batch 256, rewards scaled by 1000 / (max - min episode
 return in the dataset), weights clipped at 100.
 
-Offline contract (`rlzoo.offline`): one update is `steps_per_update` gradient
-steps then evaluation episodes; `env_steps` in the run folder counts gradient
-steps, `episode_return` is the evaluation return and `normalized_score` is
-D4RL's score against the dataset's random and expert returns.
+The training loop and what the run folder's metrics mean are every offline
+algorithm's: see `rlzoo.offline` (`env_steps` counts gradient steps).
 """
 
 from __future__ import annotations
@@ -37,16 +35,9 @@ from flax import struct
 
 from rlzoo import datasets
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
-from rlzoo.offline import (
-    EnsembleQ,
-    GaussianActor,
-    OfflineConfig,
-    OfflineData,
-    StateValue,
-    load_offline_data,
-    make_trainer,
-    polyak,
-)
+from rlzoo.networks import EnsembleQ, GaussianActor, StateValue
+from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
+from rlzoo.tree import polyak
 
 
 @dataclasses.dataclass(frozen=True)

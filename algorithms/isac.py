@@ -25,7 +25,8 @@ with their slot when the window rolls, as in `iqn.py`.
 
 The actor and the temperature follow the last online pair Q_K, the newest
 iteration (our choice; i-QN acts with the newest heads as well). Everything else
-(networks, acting, replay, temperature) comes from `sac.py`.
+(networks, acting, replay, temperature) is SAC's; the window of K pairs moves as
+i-QN's (`rlzoo.iterated`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo import replay
+from rlzoo import iterated, off_policy, replay
 from rlzoo.algorithms import sac
+from rlzoo.networks import SquashedGaussianActor, TwinCritic
+from rlzoo.off_policy import twin_critic_loss
 from rlzoo.trainer import Range, Trainer, check
 
 
@@ -74,51 +77,30 @@ class HParams(sac.HParams):
               f"T must be a multiple of target_period D={self.target_period}")
 
 
-def shift(x: jax.Array) -> jax.Array:
-    """Q_k <- Q_{k+1} along the leading axis; the last keeps its weights."""
-    return jnp.concatenate([x[1:], x[-1:]])
-
-
-def roll(target_params, params, tau):
-    """Q_bar_0 <- (1 - tau) Q_bar_0 + tau Q_1, then Q_k <- Q_{k+1}: returns (target_params, params)."""
-    targets = jax.tree.map(lambda t, p: t.at[0].set((1.0 - tau) * t[0] + tau * p[0]), target_params, params)
-    return targets, jax.tree.map(shift, params)
-
-
-def follow(target_params, params):
-    """Q_bar_k <- Q_k for k = 1..K-1."""
-    return jax.tree.map(lambda t, p: t.at[1:].set(p[:-1]), target_params, params)
-
-
 def iterated_critic_loss(critic, params, obs: jax.Array, action: jax.Array, targets: jax.Array):
     """Sum over heads k of SAC's twin-critic loss of pair k against the target from frozen pair k-1."""
-    losses, q_means = jax.vmap(lambda p, y: sac.critic_loss(critic, p, obs, action, y))(params, targets)
+    losses, q_means = jax.vmap(lambda p, y: twin_critic_loss(critic, p, obs, action, y))(params, targets)
     return jnp.sum(losses), jnp.mean(q_means)
 
 
 def make_train(config: Config) -> Trainer:
-    base = sac.make_train(config)
     vec_env = sac.make_vec_env(config)
-    action_dim = vec_env.spec.num_actions
-    actor = sac.SquashedGaussianActor(action_dim, config.hidden_sizes, config.activation)
-    critic = sac.TwinCritic(config.hidden_sizes, config.activation)
+    actor = SquashedGaussianActor(vec_env.spec.num_actions, config.hidden_sizes, config.activation)
+    critic = TwinCritic(config.hidden_sizes, config.activation)
     num_heads = config.num_heads
-    learning_starts_updates = config.learning_starts // config.num_envs
-    stack = lambda tree: jax.tree.map(lambda x: jnp.repeat(x[None], num_heads, axis=0), tree)  # noqa: E731
     last_head = lambda tree: jax.tree.map(lambda x: x[-1], tree)  # noqa: E731
 
-    def init(key: jax.Array, hp: HParams) -> sac.TrainState:
-        """SAC's initial state with its critic pair copied into all K online and target slots."""
-        state = base.init(key, hp)
-        critic_params = stack(state.learner.critic_params)
-        learner = state.learner._replace(critic_params=critic_params, target_critic_params=critic_params,
-                                         critic_opt_state=optax.adam(hp.critic_lr).init(critic_params))
-        return state._replace(learner=learner)
+    def init_learner(actor_key: jax.Array, critic_key: jax.Array, obs: jax.Array, hp: HParams) -> sac.Learner:
+        """SAC's initial learner with its critic pair copied into all K online and target slots."""
+        learner = sac.init_learner(config, actor, critic, actor_key, critic_key, obs, hp)
+        critic_params = iterated.stack(learner.critic_params, num_heads)
+        return learner._replace(critic_params=critic_params, target_critic_params=critic_params,
+                                critic_opt_state=optax.adam(hp.critic_lr).init(critic_params))
 
     def gradient_step(learner: sac.Learner, buffer: replay.ReplayState, key: jax.Array, hp: HParams):
         """SAC's gradient step with K iterated critic pairs and i-QN's target schedule."""
         sample_key, next_key, actor_key = jax.random.split(key, 3)
-        batch, discount = sac.sample_batch(config, buffer, sample_key, hp.gamma)
+        batch, discount = off_policy.sample_batch(config, buffer, sample_key, hp.gamma)
         alpha = jnp.exp(learner.log_alpha)
         next_action, next_log_prob = sac.sample_action(actor, learner.actor_params, batch.next_obs, next_key)
         next_q = jax.vmap(lambda p: critic.apply(p, batch.next_obs, next_action))(learner.target_critic_params)
@@ -129,25 +111,20 @@ def make_train(config: Config) -> Trainer:
         critic_params = optax.apply_updates(learner.critic_params, updates)
 
         gradient_steps = learner.gradient_steps + 1
-        select = lambda pred, new, old: jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)  # noqa: E731
-        rolling = gradient_steps % jnp.asarray(hp.roll_period).astype(jnp.int32) == 0
-        following = gradient_steps % jnp.asarray(hp.target_period).astype(jnp.int32) == 0
-        rolled_targets, rolled_params = roll(learner.target_critic_params, critic_params, hp.tau)
-        target_params = select(rolling, rolled_targets, learner.target_critic_params)
-        online_params = select(rolling, rolled_params, critic_params)
-        target_params = select(following, follow(target_params, online_params), target_params)
+        target_params, online_params = iterated.advance(
+            learner.target_critic_params, critic_params, iterated.is_due(gradient_steps, hp.roll_period),
+            iterated.is_due(gradient_steps, hp.target_period), lambda t, p: iterated.roll(t, p, hp.tau))
         learner = learner._replace(critic_params=online_params, target_critic_params=target_params,
                                    critic_opt_state=critic_opt_state, gradient_steps=gradient_steps)
         q_fn = lambda obs, action: critic.apply(last_head(critic_params), obs, action)  # noqa: E731
         learner, stats = sac.improve_policy(config, actor, learner, q_fn, batch.obs, actor_key, hp)
         return learner, {"critic_loss": q_loss, "q_mean": q_mean, **stats}
 
-    def update(state: sac.TrainState, hp: HParams):
-        policy = lambda key, obs: sac.sample_action(actor, state.learner.actor_params, obs, key)[0]  # noqa: E731
-        return sac.learn(config, sac.explore(vec_env, state, learning_starts_updates, policy),
-                         learning_starts_updates, lambda learner, buffer, key: gradient_step(learner, buffer, key, hp))
-
-    return Trainer(init, update, config.num_updates, config.num_envs, base.act, base.eval_env)
+    return off_policy.make_trainer(
+        config, vec_env, init_learner,
+        explore=lambda learner, key, obs, hp: sac.sample_action(actor, learner.actor_params, obs, key)[0],
+        gradient_step=gradient_step,
+        act=lambda learner, key, obs, greedy: sac.act(actor, learner, key, obs, greedy))
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ a = clip(mu(s) + N(0, exploration_noise^2), -1, 1)), then `utd_ratio` gradient s
    and critics follow by Polyak averaging with `tau`.
 
 Actions live in [-1, 1] (a tanh actor; noise scales are in that range) and are mapped
-linearly onto the environment's bounds when stepping, as in `sac.py`, whose
-networks, replay handling and acting loop this file reuses.
+linearly onto the environment's bounds when stepping; the acting loop, replay and
+minibatches are those of every off-policy actor-critic (`rlzoo.off_policy`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,18 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo import replay
-from rlzoo.algorithms import sac
+from rlzoo import off_policy, replay
+from rlzoo.env_adapter import VecEnv
+from rlzoo.envs import make_env
+from rlzoo.networks import DeterministicActor, TwinCritic
+from rlzoo.off_policy import OffPolicyConfig, twin_critic_loss
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
+from rlzoo.tree import polyak
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(sac.OffPolicyConfig):
-    """The off-policy settings of `sac.py` (env, budget, envs, UTD ratio, replay, networks)."""
+class Config(OffPolicyConfig):
+    """The off-policy settings (env, budget, envs, UTD ratio, replay, networks); TD3 adds none."""
 
 
 @struct.dataclass
@@ -87,51 +91,45 @@ def smoothed_target_action(target_action: jax.Array, key: jax.Array, hp: HParams
     return jnp.clip(target_action + noise, -1.0, 1.0)
 
 
-def noisy_action(actor: sac.DeterministicActor, actor_params, obs: jax.Array, key: jax.Array, noise) -> jax.Array:
+def noisy_action(actor: DeterministicActor, actor_params, obs: jax.Array, key: jax.Array, noise) -> jax.Array:
     """clip(mu(s) + N(0, noise^2), -1, 1): Gaussian exploration around the deterministic policy."""
     action = actor.apply(actor_params, obs)
     return jnp.clip(action + noise * jax.random.normal(key, action.shape), -1.0, 1.0)
 
 
-def deterministic_policy_loss(actor: sac.DeterministicActor, actor_params, q_fn, obs: jax.Array) -> jax.Array:
+def deterministic_policy_loss(actor: DeterministicActor, actor_params, q_fn, obs: jax.Array) -> jax.Array:
     """-E[Q_1(s, mu(s))]: its gradient is the deterministic policy gradient (Silver et al., 2014)."""
     return -jnp.mean(q_fn(obs, actor.apply(actor_params, obs))[0])
 
 
 def make_train(config: Config) -> Trainer:
-    vec_env = sac.make_vec_env(config)
-    action_dim = vec_env.spec.num_actions
-    actor = sac.DeterministicActor(action_dim, config.hidden_sizes, config.activation)
-    critic = sac.TwinCritic(config.hidden_sizes, config.activation)
-    learning_starts_updates = config.learning_starts // config.num_envs
+    env = off_policy.check_continuous(make_env(config.env_id, backend=config.brax_backend), config.env_id)
+    vec_env = VecEnv(env, config.num_envs)
+    actor = DeterministicActor(env.spec.num_actions, config.hidden_sizes, config.activation)
+    critic = TwinCritic(config.hidden_sizes, config.activation)
 
-    def init(key: jax.Array, hp: HParams) -> sac.TrainState:
-        key, actor_key, critic_key, env_key = jax.random.split(key, 4)
-        env_state, obs = vec_env.reset(env_key)
+    def init_learner(actor_key: jax.Array, critic_key: jax.Array, obs: jax.Array, hp: HParams) -> Learner:
+        """Actor and twin critics, their target copies and Adam states."""
         actor_params = actor.init(actor_key, obs)
-        critic_params = critic.init(critic_key, obs, jnp.zeros((config.num_envs, action_dim)))
-        learner = Learner(actor_params, critic_params, actor_params, critic_params,
-                          optax.adam(hp.actor_lr).init(actor_params), optax.adam(hp.critic_lr).init(critic_params),
-                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
-        return sac.TrainState(learner, sac.init_buffer(config, obs, action_dim), env_state, obs, key,
-                              jnp.zeros((), jnp.int32))
+        critic_params = critic.init(critic_key, obs, jnp.zeros((config.num_envs, actor.action_dim)))
+        return Learner(actor_params, critic_params, actor_params, critic_params,
+                       optax.adam(hp.actor_lr).init(actor_params), optax.adam(hp.critic_lr).init(critic_params),
+                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
 
-    def act(state: sac.TrainState, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
-        """mu(s) (greedy), or mu(s) plus the default exploration noise; in the environment's action bounds."""
-        params = state.learner.actor_params
+    def act(learner: Learner, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
+        """mu(s) (greedy), or mu(s) plus the default exploration noise."""
         if greedy:
-            return sac.to_env_action(vec_env.spec, actor.apply(params, obs))
-        action = noisy_action(actor, params, obs, key, HParams.exploration_noise)
-        return sac.to_env_action(vec_env.spec, action)
+            return actor.apply(learner.actor_params, obs)
+        return noisy_action(actor, learner.actor_params, obs, key, HParams.exploration_noise)
 
     def gradient_step(learner: Learner, buffer: replay.ReplayState, key: jax.Array, hp: HParams):
         """Critics every step; actor and targets every `policy_delay` steps (steps 1-2 of the docstring)."""
         sample_key, noise_key = jax.random.split(key)
-        batch, discount = sac.sample_batch(config, buffer, sample_key, hp.gamma)
+        batch, discount = off_policy.sample_batch(config, buffer, sample_key, hp.gamma)
         next_action = smoothed_target_action(actor.apply(learner.target_actor_params, batch.next_obs), noise_key, hp)
         next_q = critic.apply(learner.target_critic_params, batch.next_obs, next_action)
         target = jax.lax.stop_gradient(batch.reward + discount * next_q.min(axis=0))
-        (q_loss, q_mean), grads = jax.value_and_grad(sac.critic_loss, argnums=1, has_aux=True)(
+        (q_loss, q_mean), grads = jax.value_and_grad(twin_critic_loss, argnums=1, has_aux=True)(
             critic, learner.critic_params, batch.obs, batch.action, target)
         updates, critic_opt_state = optax.adam(hp.critic_lr).update(grads, learner.critic_opt_state)
         critic_params = optax.apply_updates(learner.critic_params, updates)
@@ -145,8 +143,8 @@ def make_train(config: Config) -> Trainer:
             actor_params = optax.apply_updates(learner.actor_params, updates)
             return learner._replace(
                 actor_params=actor_params, actor_opt_state=actor_opt_state,
-                target_actor_params=sac.polyak(learner.target_actor_params, actor_params, hp.tau),
-                target_critic_params=sac.polyak(learner.target_critic_params, critic_params, hp.tau),
+                target_actor_params=polyak(learner.target_actor_params, actor_params, hp.tau),
+                target_critic_params=polyak(learner.target_critic_params, critic_params, hp.tau),
                 actor_loss=pi_loss)
 
         gradient_steps = learner.gradient_steps + 1
@@ -158,13 +156,9 @@ def make_train(config: Config) -> Trainer:
         learner = jax.lax.cond(delayed, delayed_update, lambda learner: learner, learner)
         return learner, {"critic_loss": q_loss, "actor_loss": learner.actor_loss, "q_mean": q_mean}
 
-    def update(state: sac.TrainState, hp: HParams):
-        policy = lambda key, obs: noisy_action(actor, state.learner.actor_params, obs, key,  # noqa: E731
-                                               hp.exploration_noise)
-        return sac.learn(config, sac.explore(vec_env, state, learning_starts_updates, policy), learning_starts_updates,
-                         lambda learner, buffer, key: gradient_step(learner, buffer, key, hp))
-
-    return Trainer(init, update, config.num_updates, config.num_envs, act, vec_env.env)
+    explore = lambda learner, key, obs, hp: noisy_action(actor, learner.actor_params, obs, key,  # noqa: E731
+                                                         hp.exploration_noise)
+    return off_policy.make_trainer(config, vec_env, init_learner, explore, gradient_step, act)
 
 
 def main() -> None:

@@ -17,20 +17,16 @@ Observations are standardised by the dataset's mean and std (the paper's state n
 Defaults are the paper's: alpha 2.5, policy noise 0.2 and noise clip 0.5 (times the half range of the actions),
 policy delay 2, tau 0.005, gamma 0.99, lr 3e-4, 2x256 ReLU MLPs, batch 256.
 
-Offline contract (`rlzoo.offline`): one update is `steps_per_update` gradient
-steps then evaluation episodes; `env_steps` in the run folder counts gradient
-steps, `episode_return` is the evaluation return and `normalized_score` is
-D4RL's score against the dataset's random and expert returns.
+The training loop and what the run folder's metrics mean are every offline
+algorithm's: see `rlzoo.offline` (`env_steps` counts gradient steps).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -38,8 +34,9 @@ from flax import struct
 
 from rlzoo import datasets
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.networks import ACTIVATIONS
-from rlzoo.offline import EnsembleQ, OfflineConfig, OfflineData, load_offline_data, make_trainer, polyak
+from rlzoo.networks import BoundedDeterministicActor, EnsembleQ
+from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
+from rlzoo.tree import polyak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,24 +76,6 @@ class HParams:
     }
 
 
-class DeterministicActor(nn.Module):
-    """pi(s) = centre + half_range * tanh(MLP(s)): a deterministic policy inside the action bounds."""
-
-    action_dim: int
-    action_low: float = -1.0
-    action_high: float = 1.0
-    hidden_sizes: Sequence[int] = (256, 256)
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> jax.Array:
-        x = obs
-        for size in self.hidden_sizes:
-            x = ACTIVATIONS[self.activation](nn.Dense(size)(x))
-        centre, half_range = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
-        return centre + half_range * jnp.tanh(nn.Dense(self.action_dim)(x))
-
-
 class Learner(NamedTuple):
     actor_params: Any
     critic_params: Any
@@ -108,7 +87,7 @@ class Learner(NamedTuple):
 
 
 class Networks(NamedTuple):
-    actor: DeterministicActor
+    actor: BoundedDeterministicActor
     critic: EnsembleQ
 
 
@@ -149,7 +128,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
     """`data` defaults to `load_offline_data(config.dataset, config.env_id, config.normalize_obs)`."""
     data = data or load_offline_data(config.dataset, config.env_id, config.normalize_obs)
     bounds = data.action_bounds
-    nets = Networks(DeterministicActor(data.action_dim, *bounds, config.hidden_sizes, config.activation),
+    nets = Networks(BoundedDeterministicActor(data.action_dim, *bounds, config.hidden_sizes, config.activation),
                     EnsembleQ(2, config.hidden_sizes, config.activation))
 
     def init(key: jax.Array, hp: HParams, dataset: datasets.Dataset) -> Learner:

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo.algorithms import sac, td3
+from rlzoo.algorithms import td3
+from rlzoo.networks import DeterministicActor
 
 BENCH = dict(env_id="brax/hopper", num_envs=16, utd_ratio=2, learning_starts=5_000, buffer_size=100_000,
              batch_size=256, hidden_sizes=(256, 256), activation="relu")
@@ -39,7 +40,7 @@ VARIANTS = {  # label -> (Config overrides, HParams overrides)
 def saturation_report(label: str, config: td3.Config, state, metrics) -> None:
     """Prints the actor's saturation over the replay buffer's observations and the return curve."""
     obs = state.buffer.data.obs.reshape(-1, state.buffer.data.obs.shape[-1])[: config.total_timesteps]
-    actor = sac.DeterministicActor(state.buffer.data.action.shape[-1], config.hidden_sizes, config.activation)
+    actor = DeterministicActor(state.buffer.data.action.shape[-1], config.hidden_sizes, config.activation)
     mu = actor.apply(state.learner.actor_params, obs)
     returns = np.asarray(metrics["episode_return"])
     points = [float(np.nanmean(chunk)) for chunk in np.array_split(returns, 10)]

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import chex
 import distrax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlzoo.trainer import ConfigError
 
 ACTIVATIONS: dict[str, Callable] = {"tanh": nn.tanh, "relu": nn.relu, "swish": nn.swish, "gelu": nn.gelu}
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the log-std range of the offline Gaussian policies (IQL, CSVE, CQL)
 
 
 def orthogonal_dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
@@ -161,3 +164,168 @@ class QNetwork(nn.Module):
             *features.shape[:-1], *value_shape)
         action_axis = -2 if self.num_atoms > 1 else -1
         return value + advantage - advantage.mean(axis=action_axis, keepdims=True)
+
+
+# --------------------------------------------------------------------------- continuous-action actors and critics
+
+
+class SquashedGaussianActor(nn.Module):
+    """pi(a|s) = tanh(N(mu(s), diag sigma(s)^2)): returns (mu, log sigma), log sigma squashed into its range."""
+
+    action_dim: int
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        features = MLP(self.hidden_sizes, self.activation)(obs)
+        mean = orthogonal_dense(self.action_dim, gain=0.01)(features)
+        raw_log_std = orthogonal_dense(self.action_dim, gain=0.01)(features)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (jnp.tanh(raw_log_std) + 1.0)
+        return mean, log_std
+
+
+class DeterministicActor(nn.Module):
+    """mu(s) = tanh(f(s)) in [-1, 1] (TD3)."""
+
+    action_dim: int
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        return jnp.tanh(orthogonal_dense(self.action_dim, gain=0.01)(MLP(self.hidden_sizes, self.activation)(obs)))
+
+
+class QCritic(nn.Module):
+    """Q(s, a): an MLP on the concatenated observation and action."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        features = MLP(self.hidden_sizes, self.activation)(jnp.concatenate([obs, action], axis=-1))
+        return orthogonal_dense(1, gain=1.0)(features).squeeze(-1)
+
+
+TwinCritic = nn.vmap(QCritic, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
+                     axis_size=2)
+"""Two independently initialised critics with stacked parameters: Q(s, a) -> [2, ...]."""
+
+
+def squashed_gaussian(mean: jax.Array, log_std: jax.Array, low: float = -1.0,
+                      high: float = 1.0) -> distrax.Distribution:
+    """a = c + h tanh(u), u ~ N(mean, diag exp(log_std)^2), c and h the centre and half-range of [low, high].
+
+    Its log-prob includes the Jacobian of the squashing (SAC, appendix C):
+    log pi(a|s) = log N(u) - sum_i log(h (1 - tanh(u_i)^2)). The one tanh-Gaussian of rlzoo (SAC, i-SAC, CQL).
+    """
+    squash = distrax.Tanh()
+    if (low, high) != (-1.0, 1.0):
+        squash = distrax.Chain([distrax.ScalarAffine((high + low) / 2, (high - low) / 2), squash])
+    return distrax.Transformed(distrax.MultivariateNormalDiag(mean, jnp.exp(log_std)), distrax.Block(squash, ndims=1))
+
+
+# --------------------------------------------------------------------------- offline actors and critics (default Dense init)
+
+
+def dense_stack(x: jax.Array, hidden_sizes: Sequence[int], activation: str) -> jax.Array:
+    """Dense -> activation for each hidden size, with flax's default (LeCun normal) init, inside the caller."""
+    for size in hidden_sizes:
+        x = ACTIVATIONS[activation](nn.Dense(size)(x))
+    return x
+
+
+class GaussianActor(nn.Module):
+    """pi(a|s) = N(mu(s), diag(exp(log_std))), mu squashed into the action bounds by tanh.
+
+    The log-std is a state-independent parameter clipped to [-5, 2], as in IQL's
+    and CSVE's reference code.
+    """
+
+    action_dim: int
+    action_low: float = -1.0
+    action_high: float = 1.0
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> distrax.MultivariateNormalDiag:
+        centre, half_range = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
+        mean = centre + half_range * jnp.tanh(nn.Dense(self.action_dim)(dense_stack(obs, self.hidden_sizes, self.activation)))
+        log_std = jnp.clip(self.param("log_std", nn.initializers.zeros, (self.action_dim,)), LOG_STD_MIN, LOG_STD_MAX)
+        return distrax.MultivariateNormalDiag(mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape))
+
+
+class StateValue(nn.Module):
+    """V(s): an MLP with a scalar head."""
+
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        return nn.Dense(1)(dense_stack(obs, self.hidden_sizes, self.activation)).squeeze(-1)
+
+
+class _QValue(nn.Module):
+    hidden_sizes: Sequence[int]
+    activation: str
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        x = jnp.concatenate([obs, action], axis=-1)
+        return nn.Dense(1)(dense_stack(x, self.hidden_sizes, self.activation)).squeeze(-1)
+
+
+class EnsembleQ(nn.Module):
+    """`num_critics` independent Q(s, a) networks in one module; returns [num_critics, ...]."""
+
+    num_critics: int = 2
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        chex.assert_equal_shape_prefix((obs, action), obs.ndim - 1)
+        critics = nn.vmap(_QValue, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
+                          out_axes=0, axis_size=self.num_critics)
+        return critics(tuple(self.hidden_sizes), self.activation)(obs, action)
+
+
+class BoundedDeterministicActor(nn.Module):
+    """pi(s) = centre + half_range * tanh(MLP(s)): a deterministic policy inside the action bounds (TD3+BC)."""
+
+    action_dim: int
+    action_low: float = -1.0
+    action_high: float = 1.0
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = dense_stack(obs, self.hidden_sizes, self.activation)
+        centre, half_range = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
+        return centre + half_range * jnp.tanh(nn.Dense(self.action_dim)(x))
+
+
+class TanhGaussianActor(nn.Module):
+    """CQL's policy (as SAC's): u ~ N(mu(s), sigma(s)^2), a = centre + half_range * tanh(u); log-std clipped to [-5, 2].
+
+    Unlike `SquashedGaussianActor`, the layers keep flax's default init and the log-std is clipped, not
+    squashed, as in CORL's reference code. Returns (mu, log sigma); `squashed_gaussian` makes the policy.
+    """
+
+    action_dim: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = dense_stack(obs, self.hidden_sizes, self.activation)
+        mean = nn.Dense(self.action_dim)(x)
+        log_std = jnp.clip(nn.Dense(self.action_dim)(x), LOG_STD_MIN, LOG_STD_MAX)
+        return mean, log_std

@@ -28,22 +28,18 @@ env, update budget, minibatch, networks) and their checks that every offline
 algorithm's `Config` subclasses.
 
 Also here: `OfflineData` (the dataset, its metadata and the evaluation env,
-`load_offline_data`) and the networks offline actor-critics share:
-`GaussianActor` (tanh-bounded mean, state-independent log-std), `StateValue`
-and `EnsembleQ` (K critics in one module).
+`load_offline_data`).
 
-Not here: any algorithm's loss (in its file), reading files (`rlzoo.datasets`).
+Not here: any algorithm's loss (in its file), reading files (`rlzoo.datasets`),
+the networks (`rlzoo.networks`: `GaussianActor`, `StateValue`, `EnsembleQ`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import chex
-import distrax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -52,9 +48,6 @@ from rlzoo.trainer import ConfigError, Trainer, check
 from rlzoo.env_adapter import Env, make_env
 from rlzoo.evaluate import evaluate
 from rlzoo.networks import ACTIVATIONS
-
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
 
 # --------------------------------------------------------------------------- data
 
@@ -200,74 +193,3 @@ def make_trainer(data: OfflineData, init_learner: Callable, learn: Callable, pol
 
     return Trainer(init, update, num_updates, steps_per_update, act if env is not None else None, env,
                    data=data.dataset)
-
-
-# --------------------------------------------------------------------------- networks
-
-
-def _mlp(x: jax.Array, hidden_sizes: Sequence[int], activation: str) -> jax.Array:
-    for size in hidden_sizes:
-        x = ACTIVATIONS[activation](nn.Dense(size)(x))
-    return x
-
-
-class GaussianActor(nn.Module):
-    """pi(a|s) = N(mu(s), diag(exp(log_std))), mu squashed into the action bounds by tanh.
-
-    The log-std is a state-independent parameter clipped to [-5, 2], as in IQL's
-    and CSVE's reference code.
-    """
-
-    action_dim: int
-    action_low: float = -1.0
-    action_high: float = 1.0
-    hidden_sizes: Sequence[int] = (256, 256)
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> distrax.MultivariateNormalDiag:
-        centre, half_range = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
-        mean = centre + half_range * jnp.tanh(nn.Dense(self.action_dim)(_mlp(obs, self.hidden_sizes, self.activation)))
-        log_std = jnp.clip(self.param("log_std", nn.initializers.zeros, (self.action_dim,)), LOG_STD_MIN, LOG_STD_MAX)
-        return distrax.MultivariateNormalDiag(mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape))
-
-
-class StateValue(nn.Module):
-    """V(s): an MLP with a scalar head."""
-
-    hidden_sizes: Sequence[int] = (256, 256)
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> jax.Array:
-        return nn.Dense(1)(_mlp(obs, self.hidden_sizes, self.activation)).squeeze(-1)
-
-
-class _QValue(nn.Module):
-    hidden_sizes: Sequence[int]
-    activation: str
-
-    @nn.compact
-    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        x = jnp.concatenate([obs, action], axis=-1)
-        return nn.Dense(1)(_mlp(x, self.hidden_sizes, self.activation)).squeeze(-1)
-
-
-class EnsembleQ(nn.Module):
-    """`num_critics` independent Q(s, a) networks in one module; returns [num_critics, ...]."""
-
-    num_critics: int = 2
-    hidden_sizes: Sequence[int] = (256, 256)
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        chex.assert_equal_shape_prefix((obs, action), obs.ndim - 1)
-        critics = nn.vmap(_QValue, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
-                          out_axes=0, axis_size=self.num_critics)
-        return critics(tuple(self.hidden_sizes), self.activation)(obs, action)
-
-
-def polyak(target: Any, online: Any, tau: Any) -> Any:
-    """target <- (1 - tau) target + tau online."""
-    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlzoo import iterated
 from rlzoo.algorithms import isac, sac
 from rlzoo.trainer import ConfigError, check_hparams
 
@@ -51,12 +52,12 @@ def test_isac_with_three_critic_pairs_runs_end_to_end():
 def test_rolling_shifts_every_pair_down_by_one_and_moves_the_oldest_target():
     params = {"w": jnp.arange(3.0)[:, None] * jnp.ones((3, 2))}  # pairs Q_1, Q_2, Q_3 hold 0, 1, 2
     targets = {"w": jnp.full((3, 2), -1.0)}
-    rolled_targets, rolled = isac.roll(targets, params, 1.0)
+    rolled_targets, rolled = iterated.roll(targets, params, 1.0)
     np.testing.assert_array_equal(rolled["w"][:, 0], [1.0, 2.0, 2.0])  # Q_k <- Q_{k+1}; the last keeps its weights
     np.testing.assert_array_equal(rolled_targets["w"][:, 0], [0.0, -1.0, -1.0])  # Q_bar_0 <- Q_1
-    soft_targets, _ = isac.roll(targets, params, 0.25)
+    soft_targets, _ = iterated.roll(targets, params, 0.25)
     np.testing.assert_allclose(soft_targets["w"][0], -0.75)  # (1 - tau) Q_bar_0 + tau Q_1
-    followed = isac.follow(rolled_targets, rolled)
+    followed = iterated.follow(rolled_targets, rolled)
     np.testing.assert_array_equal(followed["w"][:, 0], [0.0, 1.0, 2.0])  # Q_bar_k <- Q_k for k >= 1
 
 

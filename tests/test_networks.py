@@ -71,3 +71,20 @@ def test_patch_convolution_refuses_other_paddings():
 def test_minatar_cnn_keeps_the_parameter_names_of_flax_conv():
     params = MinAtarCNN().init(jax.random.PRNGKey(0), jnp.ones((1, 10, 10, 4)))
     assert params["params"]["Conv_0"]["kernel"].shape == (3, 3, 4, 16)
+
+
+@pytest.mark.parametrize("low, high", [(-1.0, 1.0), (-2.0, 2.0), (0.0, 3.0)])
+def test_squashed_gaussian_log_density_is_the_change_of_variables_by_hand(low, high):
+    """a = c + h tanh(u): log pi(a) = log N(u; mu, sigma) - sum_i log(h (1 - tanh(u_i)^2)), written out in NumPy."""
+    from rlzoo.networks import squashed_gaussian
+
+    mean, log_std = np.array([[0.3, -1.0], [1.2, 0.1]]), np.array([[-0.5, 0.2], [0.0, -1.0]])
+    policy = squashed_gaussian(jnp.asarray(mean), jnp.asarray(log_std), low, high)
+    action, log_prob = policy.sample_and_log_prob(seed=jax.random.PRNGKey(0), sample_shape=(5,))
+    assert action.shape == (5, 2, 2) and (action >= low).all() and (action <= high).all()
+    centre, half = (high + low) / 2, (high - low) / 2
+    u = np.arctanh((np.asarray(action, np.float64) - centre) / half)
+    std = np.exp(log_std)
+    gaussian = (-0.5 * ((u - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    reference = gaussian - np.log(half * (1.0 - np.tanh(u) ** 2)).sum(-1)
+    np.testing.assert_allclose(log_prob, reference, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,6 @@ mean return); the behaviour policy of the medium tier scores about 50.
 import csv
 import json
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,25 +85,14 @@ def test_cql_keeps_the_gap_between_sampled_and_dataset_actions_positive(cql_run)
     assert (gaps > 0).all(), gaps
 
 
-def test_squashed_gaussian_log_density_matches_distrax():
-    """SAC's change of variables a = c + h tanh(u): log pi(a) = log N(u) - sum log(h (1 - tanh(u)^2))."""
-    mean, log_std = jnp.array([[0.3, -1.0]]), jnp.array([[-0.5, 0.2]])
-    action, log_prob = cql.squashed_sample(mean, log_std, jax.random.PRNGKey(0), (-2.0, 2.0), (5,))
-    reference = distrax.Transformed(
-        distrax.MultivariateNormalDiag(mean, jnp.exp(log_std)),
-        distrax.Block(distrax.Chain([distrax.ScalarAffine(0.0, 2.0), distrax.Tanh()]), ndims=1))
-    assert action.shape == (5, 1, 2) and (jnp.abs(action) <= 2.0).all()
-    np.testing.assert_allclose(log_prob, reference.log_prob(action), atol=2e-3)
-
-
 def test_cql_logsumexp_scores_every_sampled_action_at_its_own_state():
     """One critic call on [B * 3N] rows gives, per state i, logsumexp_k [Q(s_i, a_ik) - log mu(a_ik)] over its
     N uniform actions (density 1 / range^A), N actions of pi at s_i and N at s'_i (density pi), as CQL app. F."""
     from rlzoo.datasets import Dataset
-    from rlzoo.offline import EnsembleQ
+    from rlzoo.networks import EnsembleQ, TanhGaussianActor
 
     batch_size, num, obs_dim, action_dim, bounds = 3, 2, 4, 2, (-2.0, 2.0)
-    nets = cql.Networks(cql.TanhGaussianActor(action_dim, (8,)), EnsembleQ(2, (8,)))
+    nets = cql.Networks(TanhGaussianActor(action_dim, (8,)), EnsembleQ(2, (8,)))
     obs_key, next_key, actor_key, critic_key, key = jax.random.split(jax.random.PRNGKey(0), 5)
     obs = jax.random.normal(obs_key, (batch_size, obs_dim))
     batch = Dataset(obs, jnp.zeros((batch_size, action_dim)), jnp.zeros(batch_size),
