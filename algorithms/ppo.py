@@ -15,16 +15,18 @@ state-independent log-std, chosen from the environment's action space.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import chex
+import distrax
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
+from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, ActorCritic
 from rlzoo.returns import gae
@@ -130,21 +132,41 @@ class Batch(NamedTuple):
     target: jax.Array
 
 
-def make_env_and_network(config: Config) -> tuple[VecEnv, ActorCritic]:
+def make_vec_env(config: Config) -> VecEnv:
+    """The training envs, normalised as `config.normalize` says (auto: obs+reward for continuous actions)."""
     env = make_env(config.env_id, backend=config.brax_backend)
     normalize = config.normalize
     if normalize == "auto":
         normalize = "none" if env.spec.discrete else "obs+reward"
-    vec_env = VecEnv(env, config.num_envs, normalize_obs=normalize != "none",
-                     normalize_reward=normalize == "obs+reward")
-    network = ActorCritic(env.spec.obs_shape, env.spec.num_actions, env.spec.discrete,
-                          config.hidden_sizes, config.activation)
+    return VecEnv(env, config.num_envs, normalize_obs=normalize != "none", normalize_reward=normalize == "obs+reward")
+
+
+def make_env_and_network(config: Config) -> tuple[VecEnv, ActorCritic]:
+    vec_env = make_vec_env(config)
+    spec = vec_env.spec
+    network = ActorCritic(spec.obs_shape, spec.num_actions, spec.discrete, config.hidden_sizes, config.activation)
     return vec_env, network
 
 
-def ppo_loss(network: ActorCritic, params: Any, batch: Batch, hp: HParams, clip_value: bool):
-    """Clipped surrogate (PPO eq. 7) + vf_coef * value loss - ent_coef * entropy."""
-    dist, value = network.apply(params, batch.obs)
+def make_optimizer(config: Config, hp: HParams) -> optax.GradientTransformation:
+    """Adam (eps 1e-5) after global-norm clipping, its rate annealed linearly to 0 over the updates if asked."""
+    def learning_rate(count):
+        if not config.anneal_lr:
+            return hp.lr
+        update = count // (config.num_epochs * config.num_minibatches)
+        return hp.lr * (1.0 - update / config.num_updates)
+
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(learning_rate, eps=1e-5))
+
+
+def ppo_loss(apply_fn: Callable[[Any, Any], tuple[distrax.Distribution, jax.Array]], params: Any, batch: Batch,
+             hp: HParams, clip_value: bool):
+    """Clipped surrogate (PPO eq. 7) + vf_coef * value loss - ent_coef * entropy.
+
+    `apply_fn(params, batch.obs) -> (policy, value)`: a feed-forward network's `apply`, or a recurrent one
+    replaying whole sequences (`ppo_s5.py`).
+    """
+    dist, value = apply_fn(params, batch.obs)
     log_ratio = dist.log_prob(batch.action) - batch.log_prob
     ratio = jnp.exp(log_ratio)
     advantage = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
@@ -171,21 +193,11 @@ def make_train(config: Config) -> Trainer:
     batch_size = config.num_envs * config.num_steps
     minibatch_size = batch_size // config.num_minibatches
 
-    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
-        def learning_rate(count):
-            if not config.anneal_lr:
-                return hp.lr
-            update = count // (config.num_epochs * config.num_minibatches)
-            return hp.lr * (1.0 - update / num_updates)
-
-        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm),
-                           optax.adam(learning_rate, eps=1e-5))
-
     def init(key: jax.Array, hp: HParams) -> TrainState:
         key, net_key, env_key = jax.random.split(key, 3)
         env_state, obs = vec_env.reset(env_key)
         params = network.init(net_key, obs)
-        opt_state = make_optimizer(hp).init(params)
+        opt_state = make_optimizer(config, hp).init(params)
         return TrainState(params, opt_state, env_state, obs, key, jnp.zeros((), jnp.int32))
 
     def env_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Rollout]:
@@ -200,8 +212,8 @@ def make_train(config: Config) -> Trainer:
     def update_minibatch(carry, batch: Batch):
         params, opt_state, hp = carry
         grads, stats = jax.grad(ppo_loss, argnums=1, has_aux=True)(
-            network, params, batch, hp, config.clip_value_loss)
-        updates, opt_state = make_optimizer(hp).update(grads, opt_state, params)
+            network.apply, params, batch, hp, config.clip_value_loss)
+        updates, opt_state = make_optimizer(config, hp).update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, hp), stats
 
     def update_epoch(carry, key: jax.Array, batch: Batch):
@@ -227,12 +239,8 @@ def make_train(config: Config) -> Trainer:
             (state.params, state.opt_state, hp), jax.random.split(epoch_key, config.num_epochs))
 
         update_index = state.update_index + 1
-        metrics = {
-            "env_steps": update_index * batch_size,
-            "episode_return": mean_last_episode_return(state.env_state),
-            "episode_length": mean_last_episode_length(state.env_state),
-            **jax.tree.map(jnp.mean, stats),
-        }
+        metrics = {"env_steps": update_index * batch_size, **episode_metrics(state.env_state),
+                   **jax.tree.map(jnp.mean, stats)}
         state = state._replace(params=params, opt_state=opt_state, key=key, update_index=update_index)
         return state, metrics
 

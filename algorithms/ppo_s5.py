@@ -24,7 +24,7 @@ a fresh start through each episode (`Trainer.act_carry`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import chex
 import distrax
@@ -34,18 +34,17 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo.algorithms.ppo import Batch, ppo_loss
-from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
-from rlzoo.envs import make_env
+from rlzoo.algorithms import ppo
+from rlzoo.trainer import Trainer, check
+from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.networks import MLP, orthogonal_dense
 from rlzoo.returns import gae
 from rlzoo.sequence import SCANS, SEQUENCE_MODELS, make_sequence_model
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Static settings: they fix shapes and the compiled program (the CLI)."""
+class Config(ppo.Config):
+    """PPO's static settings with memory-task defaults, plus the sequence model's (the CLI)."""
 
     env_id: str = "RepeatPrevious-Easy"
     """Environment id: a POPGym task (RepeatPrevious-Easy, StatelessCartPole-Medium, ...), meta/<id>, gymnax or brax/<name>."""
@@ -55,10 +54,10 @@ class Config:
     """Parallel environments per seed."""
     num_steps: int = 128
     """Steps per environment in each rollout (the training sequence length)."""
-    num_epochs: int = 4
-    """Passes over each rollout."""
     num_minibatches: int = 8
     """Minibatches per epoch, each a group of whole env sequences; must divide num_envs."""
+    hidden_sizes: tuple[int, ...] = (64,)
+    """Hidden layer sizes of the actor and critic heads (after the sequence model)."""
     sequence_model: Literal["s5", "gru", "lstm", "none"] = "s5"
     """Memory: s5 (parallel scan), gru, lstm, or none (memoryless baseline)."""
     d_model: int = 64
@@ -69,21 +68,10 @@ class Config:
     """Stacked S5 blocks (GRU and LSTM use one layer)."""
     scan: Literal["auto", "associative", "sequential"] = "auto"
     """How S5 runs over a sequence: associative (parallel) or sequential scan; auto: sequential on CPU (faster there)."""
-    hidden_size: int = 64
-    """Hidden layer width of the actor and critic heads."""
-    anneal_lr: bool = True
-    """Anneal the learning rate linearly to 0 over training."""
-    clip_value_loss: bool = True
-    """Clip the value update to clip_eps around the rollout's values."""
-    normalize: Literal["auto", "none", "obs", "obs+reward"] = "auto"
-    """Observation/reward normalisation; auto: obs+reward for continuous actions, none for discrete."""
-    brax_backend: str = "positional"
-    """Physics backend for brax/<name> ids."""
 
     def __post_init__(self):
-        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
-        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches", "d_model", "num_layers",
-                     "hidden_size"):
+        super().__post_init__()
+        for name in ("d_model", "num_layers"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         check(self.sequence_model in SEQUENCE_MODELS, "sequence_model", self.sequence_model,
               f"one of {', '.join(SEQUENCE_MODELS)}")
@@ -92,38 +80,14 @@ class Config:
               "must be a positive even number (S5 keeps one state of each conjugate pair)")
         check(self.num_envs % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
               f"must divide num_envs = {self.num_envs} (minibatches keep whole sequences)")
-        batch = self.num_envs * self.num_steps
-        check(self.total_timesteps >= batch, "total_timesteps", self.total_timesteps,
-              f"must be at least one rollout, num_envs * num_steps = {batch}")
-
-    @property
-    def num_updates(self) -> int:
-        return self.total_timesteps // (self.num_envs * self.num_steps)
 
 
 @struct.dataclass
-class HParams:
-    """Traced numbers: `vmap` sweeps over any of them in one compiled program."""
+class HParams(ppo.HParams):
+    """PPO's numbers, with a higher learning rate for the memory tasks."""
 
     lr: float = 5e-4
     """Adam learning rate (the start of the annealing schedule)."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    clip_eps: float = 0.2
-    """PPO ratio clip (and value clip) epsilon."""
-    ent_coef: float = 0.01
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
-
-    BOUNDS: ClassVar[dict[str, Range]] = {
-        "lr": POSITIVE, "gamma": UNIT_INTERVAL, "gae_lambda": UNIT_INTERVAL, "clip_eps": POSITIVE,
-        "ent_coef": NON_NEGATIVE, "vf_coef": NON_NEGATIVE, "max_grad_norm": POSITIVE,
-    }
 
 
 class RecurrentActorCritic(nn.Module):
@@ -137,14 +101,15 @@ class RecurrentActorCritic(nn.Module):
     num_actions: int
     discrete: bool
     d_model: int = 64
-    hidden_size: int = 64
+    hidden_sizes: tuple[int, ...] = (64,)
+    activation: str = "tanh"
 
     @nn.compact
     def __call__(self, carry: Any, obs: jax.Array, reset: jax.Array) -> tuple[Any, distrax.Distribution, jax.Array]:
         x = nn.gelu(orthogonal_dense(self.d_model)(obs.astype(jnp.float32)))
         carry, features = self.memory(carry, (x, reset))
-        logits = orthogonal_dense(self.num_actions, gain=0.01)(MLP((self.hidden_size,), "tanh")(features))
-        value = orthogonal_dense(1, gain=1.0)(MLP((self.hidden_size,), "tanh")(features)).squeeze(-1)
+        logits = orthogonal_dense(self.num_actions, gain=0.01)(MLP(self.hidden_sizes, self.activation)(features))
+        value = orthogonal_dense(1, gain=1.0)(MLP(self.hidden_sizes, self.activation)(features)).squeeze(-1)
         if self.discrete:
             return carry, distrax.Categorical(logits=logits), value
         log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
@@ -157,17 +122,6 @@ class SequenceInputs(NamedTuple):
     carry: Any  # hidden state at the start of the rollout, [n, ...]
     obs: jax.Array  # [T, n, ...]
     reset: jax.Array  # [T, n]
-
-
-@dataclasses.dataclass(frozen=True)
-class SequenceLossNetwork:
-    """Lets `ppo.ppo_loss` (which calls `network.apply(params, batch.obs)`) score whole sequences."""
-
-    network: RecurrentActorCritic
-
-    def apply(self, params: Any, inputs: SequenceInputs) -> tuple[distrax.Distribution, jax.Array]:
-        _, policy, value = self.network.apply(params, inputs.carry, inputs.obs, inputs.reset)
-        return policy, value
 
 
 class TrainState(NamedTuple):
@@ -194,16 +148,11 @@ class Rollout(NamedTuple):
 
 
 def make_env_and_network(config: Config) -> tuple[VecEnv, RecurrentActorCritic]:
-    env = make_env(config.env_id, backend=config.brax_backend)
-    normalize = config.normalize
-    if normalize == "auto":
-        normalize = "none" if env.spec.discrete else "obs+reward"
-    vec_env = VecEnv(env, config.num_envs, normalize_obs=normalize != "none",
-                     normalize_reward=normalize == "obs+reward")
+    vec_env = ppo.make_vec_env(config)
     memory = make_sequence_model(config.sequence_model, config.d_model, config.state_size, config.num_layers,
                                  config.scan)
-    network = RecurrentActorCritic(memory, env.spec.num_actions, env.spec.discrete, config.d_model,
-                                   config.hidden_size)
+    network = RecurrentActorCritic(memory, vec_env.spec.num_actions, vec_env.spec.discrete, config.d_model,
+                                   config.hidden_sizes, config.activation)
     return vec_env, network
 
 
@@ -216,18 +165,13 @@ def split_envs(x: jax.Array, order: jax.Array, num_groups: int, axis: int) -> ja
 
 def make_train(config: Config) -> Trainer:
     vec_env, network = make_env_and_network(config)
-    loss_network = SequenceLossNetwork(network)
     num_updates = config.num_updates
     batch_size = config.num_envs * config.num_steps
 
-    def make_optimizer(hp: HParams) -> optax.GradientTransformation:
-        def learning_rate(count):
-            if not config.anneal_lr:
-                return hp.lr
-            update = count // (config.num_epochs * config.num_minibatches)
-            return hp.lr * (1.0 - update / num_updates)
-
-        return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(learning_rate, eps=1e-5))
+    def replay_sequences(params: Any, inputs: SequenceInputs) -> tuple[distrax.Distribution, jax.Array]:
+        """(policy, value) of whole sequences, replayed from the hidden state at the rollout's start."""
+        _, policy, value = network.apply(params, inputs.carry, inputs.obs, inputs.reset)
+        return policy, value
 
     def init(key: jax.Array, hp: HParams) -> TrainState:
         key, net_key, env_key = jax.random.split(key, 3)
@@ -235,7 +179,7 @@ def make_train(config: Config) -> Trainer:
         carry = network.memory.initialize_carry(config.num_envs)
         reset = jnp.ones((config.num_envs,), jnp.bool_)
         params = network.init(net_key, carry, obs, reset)
-        opt_state = make_optimizer(hp).init(params)
+        opt_state = ppo.make_optimizer(config, hp).init(params)
         return TrainState(params, opt_state, env_state, obs, reset, carry, key, jnp.zeros((), jnp.int32))
 
     def env_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Rollout]:
@@ -250,18 +194,18 @@ def make_train(config: Config) -> Trainer:
         done = jnp.logical_or(ts.terminated, ts.truncated)
         return state._replace(env_state=env_state, obs=ts.obs, reset=done, carry=carry), step
 
-    def update_minibatch(carry, batch: Batch):
+    def update_minibatch(carry, batch: ppo.Batch):
         params, opt_state, hp = carry
-        grads, stats = jax.grad(ppo_loss, argnums=1, has_aux=True)(
-            loss_network, params, batch, hp, config.clip_value_loss)
-        updates, opt_state = make_optimizer(hp).update(grads, opt_state, params)
+        grads, stats = jax.grad(ppo.ppo_loss, argnums=1, has_aux=True)(
+            replay_sequences, params, batch, hp, config.clip_value_loss)
+        updates, opt_state = ppo.make_optimizer(config, hp).update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, hp), stats
 
-    def update_epoch(carry, key: jax.Array, batch: Batch):
+    def update_epoch(carry, key: jax.Array, batch: ppo.Batch):
         """One pass over the rollout in minibatches of whole env sequences."""
         order = jax.random.permutation(key, config.num_envs)
         groups = config.num_minibatches
-        minibatches = Batch(
+        minibatches = ppo.Batch(
             obs=SequenceInputs(
                 carry=jax.tree.map(lambda x: split_envs(x, order, groups, axis=0), batch.obs.carry),
                 obs=split_envs(batch.obs.obs, order, groups, axis=1),
@@ -278,19 +222,15 @@ def make_train(config: Config) -> Trainer:
 
         advantage, target = gae(rollout.reward, rollout.value, rollout.next_value, rollout.terminated,
                                 rollout.truncated, hp.gamma, hp.gae_lambda)
-        batch = Batch(SequenceInputs(initial_carry, rollout.obs, rollout.reset), rollout.action,
+        batch = ppo.Batch(SequenceInputs(initial_carry, rollout.obs, rollout.reset), rollout.action,
                       rollout.log_prob, rollout.value, advantage, target)
         (params, opt_state, _), stats = jax.lax.scan(
             lambda carry, k: update_epoch(carry, k, batch),
             (state.params, state.opt_state, hp), jax.random.split(epoch_key, config.num_epochs))
 
         update_index = state.update_index + 1
-        metrics = {
-            "env_steps": update_index * batch_size,
-            "episode_return": mean_last_episode_return(state.env_state),
-            "episode_length": mean_last_episode_length(state.env_state),
-            **jax.tree.map(jnp.mean, stats),
-        }
+        metrics = {"env_steps": update_index * batch_size, **episode_metrics(state.env_state),
+                   **jax.tree.map(jnp.mean, stats)}
         state = state._replace(params=params, opt_state=opt_state, key=key, update_index=update_index)
         return state, metrics
 
