@@ -1,6 +1,6 @@
 """Behaviour cloning: maximum likelihood of the dataset's actions under a Gaussian policy.
 
-    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets  # datasets/Pendulum-v1/*.hdf5
     python algorithms/bc.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/bc.py --dataset hopper-medium-v2.hdf5 --env-id none   # a D4RL file, no online evaluation
 
@@ -28,6 +28,7 @@ from rlzoo import datasets
 from rlzoo.trainer import POSITIVE, Range, Trainer
 from rlzoo.networks import GaussianActor
 from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
+from rlzoo.updates import optimizer_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,17 +74,15 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         return Learner(params, optax.adam(hp.lr).init(params))
 
     def learn(learner: Learner, batch: datasets.Dataset, key: jax.Array, hp: HParams) -> tuple[Learner, dict]:
-        grads, stats = jax.grad(lambda p: bc_loss(actor, p, batch), has_aux=True)(learner.params)
-        updates, opt_state = optax.adam(hp.lr).update(grads, learner.opt_state, learner.params)
-        return Learner(optax.apply_updates(learner.params, updates), opt_state), stats
+        params, opt_state, (_, stats) = optimizer_step(optax.adam(hp.lr), lambda p: bc_loss(actor, p, batch),
+                                                       learner.params, learner.opt_state)
+        return Learner(params, opt_state), stats
 
     def policy(learner: Learner, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
         dist = actor.apply(learner.params, obs)
         return dist.mean() if greedy else dist.sample(seed=key)
 
-    return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
-                        steps_per_update=config.steps_per_update, batch_size=config.batch_size,
-                        eval_episodes=config.episodes_per_eval)
+    return make_trainer(config, data, init, learn, policy)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Conservative Q-Learning, CQL(H) on SAC (Kumar, Zhou, Tucker & Levine, NeurIPS 2020, arXiv 2006.04779).
 
-    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets  # datasets/Pendulum-v1/*.hdf5
     python algorithms/cql.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/cql.py --lagrange --target-action-gap 5
     python algorithms/cql.py --num-seeds 4 --sweep min-q-weight=1,5,10
@@ -44,7 +44,7 @@ from rlzoo import datasets
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.networks import EnsembleQ, TanhGaussianActor, squashed_gaussian
 from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
-from rlzoo.tree import polyak
+from rlzoo.updates import polyak
 
 
 ALPHA_PRIME_MAX = 1e6
@@ -236,9 +236,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
             return (high + low) / 2 + (high - low) / 2 * jnp.tanh(mean)
         return squashed_gaussian(mean, log_std, *bounds).sample(seed=key)
 
-    return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
-                        steps_per_update=config.steps_per_update, batch_size=config.batch_size,
-                        eval_episodes=config.episodes_per_eval)
+    return make_trainer(config, data, init, learn, policy)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Conservative State Value Estimation (CSVE; Chen, Zhang, Wang, Wang & Cheng, NeurIPS 2023, arXiv 2302.06884).
 
-    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets  # datasets/Pendulum-v1/*.hdf5
     python algorithms/csve.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/csve.py --num-seeds 4 --sweep gap-coef=1,5 gap-threshold=5,10
 
@@ -54,7 +54,7 @@ from rlzoo import datasets, dynamics
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.networks import EnsembleQ, GaussianActor, StateValue
 from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
-from rlzoo.tree import polyak
+from rlzoo.updates import optimizer_step, polyak
 
 ALPHA_MAX = 1e6
 
@@ -248,23 +248,18 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         ood_key, value_key, actor_key = jax.random.split(key, 3)
         opt = optax.adam(hp.lr)
 
-        def step(optimizer, loss_fn, params, opt_state):
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, stats
-
         ood_obs = ood_states(nets, learner, batch.observations, ood_key, hp)  # 1
         gap = value_gap(nets, learner.value_params, ood_obs, batch.next_observations)
-        log_alpha, alpha_opt_state, _ = step(  # 2
+        log_alpha, alpha_opt_state, _ = optimizer_step(  # 2
             optax.adam(hp.alpha_lr), lambda p: (alpha_loss(p, gap, hp), {}), learner.log_alpha,
             learner.alpha_opt_state)
-        value_params, value_opt_state, value_stats = step(  # 3
+        value_params, value_opt_state, (_, value_stats) = optimizer_step(  # 3
             opt, lambda p: value_loss(nets, p, learner, batch, ood_obs, value_key, hp), learner.value_params,
             learner.value_opt_state)
-        critic_params, critic_opt_state, critic_stats = step(  # 4
+        critic_params, critic_opt_state, (_, critic_stats) = optimizer_step(  # 4
             opt, lambda p: critic_loss(nets, p, value_params, batch, hp), learner.critic_params,
             learner.critic_opt_state)
-        actor_params, actor_opt_state, actor_stats = step(  # 5
+        actor_params, actor_opt_state, (_, actor_stats) = optimizer_step(  # 5
             actor_optimizer(hp), lambda p: actor_loss(nets, p, learner, value_params, batch, actor_key, hp),
             learner.actor_params, learner.actor_opt_state)
         target_critic_params = polyak(learner.target_critic_params, critic_params, hp.tau)  # 6
@@ -276,9 +271,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         dist = nets.actor.apply(learner.actor_params, obs)
         return dist.mean() if greedy else dist.sample(seed=key)
 
-    return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
-                        steps_per_update=config.steps_per_update, batch_size=config.batch_size,
-                        eval_episodes=config.episodes_per_eval)
+    return make_trainer(config, data, init, learn, policy)
 
 
 def state_values(config: Config, learner: Learner, obs: jax.Array) -> jax.Array:

@@ -32,7 +32,7 @@ from rlzoo.env_adapter import VecEnv, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import QNetwork
 from rlzoo.trainer import Range, Trainer, check
-from rlzoo.tree import polyak, tree_select
+from rlzoo.updates import polyak, tree_select
 from rlzoo.value_based import EpsilonGreedyHParams, ReplayConfig, TrainState
 
 LOSSES = ("mse", "huber", "c51", "hl_gauss", "two_hot")

@@ -1,6 +1,6 @@
 """Implicit Q-Learning (Kostrikov, Nair & Levine, ICLR 2022): offline RL without querying unseen actions.
 
-    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets  # datasets/Pendulum-v1/*.hdf5
     python algorithms/iql.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/iql.py --num-seeds 4 --sweep expectile=0.7,0.9 beta=3,10
 
@@ -37,7 +37,7 @@ from rlzoo import datasets
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
 from rlzoo.networks import EnsembleQ, GaussianActor, StateValue
 from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
-from rlzoo.tree import polyak
+from rlzoo.updates import optimizer_step, polyak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,18 +160,13 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
     def learn(learner: Learner, batch: datasets.Dataset, key: jax.Array, hp: HParams) -> tuple[Learner, dict]:
         actor_opt, opt = optimizers(hp)
 
-        def step(optimizer, loss_fn, params, opt_state):
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, stats
-
         target_q = nets.critic.apply(learner.target_critic_params, batch.observations, batch.actions).min(axis=0)
-        value_params, value_opt_state, value_stats = step(
+        value_params, value_opt_state, (_, value_stats) = optimizer_step(
             opt, lambda p: value_loss(nets, p, target_q, batch, hp), learner.value_params, learner.value_opt_state)
         weights = advantage_weights(nets, value_params, target_q, batch, hp)
-        actor_params, actor_opt_state, actor_stats = step(
+        actor_params, actor_opt_state, (_, actor_stats) = optimizer_step(
             actor_opt, lambda p: actor_loss(nets, p, weights, batch), learner.actor_params, learner.actor_opt_state)
-        critic_params, critic_opt_state, critic_stats = step(
+        critic_params, critic_opt_state, (_, critic_stats) = optimizer_step(
             opt, lambda p: critic_loss(nets, p, value_params, batch, reward_scale, hp),
             learner.critic_params, learner.critic_opt_state)
         target_critic_params = polyak(learner.target_critic_params, critic_params, hp.tau)
@@ -183,9 +178,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         dist = nets.actor.apply(learner.actor_params, obs)
         return dist.mean() if greedy else dist.sample(seed=key)
 
-    return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
-                        steps_per_update=config.steps_per_update, batch_size=config.batch_size,
-                        eval_episodes=config.episodes_per_eval)
+    return make_trainer(config, data, init, learn, policy)
 
 
 def main() -> None:

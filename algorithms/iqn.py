@@ -43,7 +43,7 @@ from rlzoo.algorithms import dqn
 from rlzoo.env_adapter import episode_metrics
 from rlzoo.networks import QNetwork, make_torso, orthogonal_dense
 from rlzoo.trainer import Range, Trainer, check
-from rlzoo.tree import tree_select
+from rlzoo.updates import tree_select
 from rlzoo.value_based import TrainState
 
 

@@ -44,6 +44,7 @@ from rlzoo.algorithms import sac
 from rlzoo.networks import SquashedGaussianActor, TwinCritic
 from rlzoo.off_policy import twin_critic_loss
 from rlzoo.trainer import Range, Trainer, check
+from rlzoo.updates import optimizer_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +106,9 @@ def make_train(config: Config) -> Trainer:
         next_action, next_log_prob = sac.sample_action(actor, learner.actor_params, batch.next_obs, next_key)
         next_q = jax.vmap(lambda p: critic.apply(p, batch.next_obs, next_action))(learner.target_critic_params)
         targets = jax.vmap(lambda q: sac.soft_q_target(batch.reward, discount, q, next_log_prob, alpha))(next_q)
-        (q_loss, q_mean), grads = jax.value_and_grad(iterated_critic_loss, argnums=1, has_aux=True)(
-            critic, learner.critic_params, batch.obs, batch.action, targets)
-        updates, critic_opt_state = optax.adam(hp.critic_lr).update(grads, learner.critic_opt_state)
-        critic_params = optax.apply_updates(learner.critic_params, updates)
+        critic_params, critic_opt_state, (q_loss, q_mean) = optimizer_step(
+            optax.adam(hp.critic_lr), lambda p: iterated_critic_loss(critic, p, batch.obs, batch.action, targets),
+            learner.critic_params, learner.critic_opt_state)
 
         gradient_steps = learner.gradient_steps + 1
         target_params, online_params = iterated.advance(

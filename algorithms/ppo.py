@@ -15,11 +15,9 @@ state-independent log-std, chosen from the environment's action space.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import chex
-import distrax
 import jax
 import jax.numpy as jnp
 import optax
@@ -141,13 +139,6 @@ def make_vec_env(config: Config) -> VecEnv:
     return VecEnv(env, config.num_envs, normalize_obs=normalize != "none", normalize_reward=normalize == "obs+reward")
 
 
-def make_env_and_network(config: Config) -> tuple[VecEnv, ActorCritic]:
-    vec_env = make_vec_env(config)
-    spec = vec_env.spec
-    network = ActorCritic(spec.obs_shape, spec.num_actions, spec.discrete, config.hidden_sizes, config.activation)
-    return vec_env, network
-
-
 def make_optimizer(config: Config, hp: HParams) -> optax.GradientTransformation:
     """Adam (eps 1e-5) after global-norm clipping, its rate annealed linearly to 0 over the updates if asked."""
     def learning_rate(count):
@@ -159,13 +150,10 @@ def make_optimizer(config: Config, hp: HParams) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(learning_rate, eps=1e-5))
 
 
-def ppo_loss(apply_fn: Callable[[Any, Any], tuple[distrax.Distribution, jax.Array]], params: Any, batch: Batch,
-             hp: HParams, clip_value: bool):
+def ppo_loss(apply_fn, params: Any, batch: Batch, hp: HParams, clip_value: bool):
     """Clipped surrogate (PPO eq. 7) + vf_coef * value loss - ent_coef * entropy.
 
-    `apply_fn(params, batch.obs) -> (policy, value)`: a feed-forward network's `apply`, or a recurrent one
-    replaying whole sequences (`ppo_s5.py`).
-    """
+    `apply_fn(params, batch.obs) -> (policy, V)`: a network's `apply`, or `ppo_s5.py`'s replay of sequences."""
     dist, value = apply_fn(params, batch.obs)
     log_ratio = dist.log_prob(batch.action) - batch.log_prob
     ratio = jnp.exp(log_ratio)
@@ -188,7 +176,9 @@ def ppo_loss(apply_fn: Callable[[Any, Any], tuple[distrax.Distribution, jax.Arra
 
 
 def make_train(config: Config) -> Trainer:
-    vec_env, network = make_env_and_network(config)
+    vec_env = make_vec_env(config)
+    spec = vec_env.spec
+    network = ActorCritic(spec.obs_shape, spec.num_actions, spec.discrete, config.hidden_sizes, config.activation)
     num_updates = config.num_updates
     batch_size = config.num_envs * config.num_steps
     minibatch_size = batch_size // config.num_minibatches

@@ -45,7 +45,7 @@ from rlzoo.envs import make_env
 from rlzoo.networks import SquashedGaussianActor, TwinCritic, squashed_gaussian
 from rlzoo.off_policy import OffPolicyConfig, twin_critic_loss
 from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer
-from rlzoo.tree import polyak
+from rlzoo.updates import optimizer_step, polyak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,17 +149,16 @@ def improve_policy(config: Config, actor: SquashedGaussianActor, learner: Learne
                    key: jax.Array, hp: HParams) -> tuple[Learner, dict[str, jax.Array]]:
     """One Adam step on the actor (J_pi) against `q_fn`, then one on log alpha (eq. 18) unless alpha is fixed."""
     alpha = jnp.exp(learner.log_alpha)
-    (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, argnums=1, has_aux=True)(
-        actor, learner.actor_params, q_fn, obs, key, alpha)
-    updates, actor_opt_state = optax.adam(hp.actor_lr).update(grads, learner.actor_opt_state)
-    learner = learner._replace(actor_params=optax.apply_updates(learner.actor_params, updates),
-                               actor_opt_state=actor_opt_state)
+    actor_params, actor_opt_state, (pi_loss, log_prob) = optimizer_step(
+        optax.adam(hp.actor_lr), lambda p: actor_loss(actor, p, q_fn, obs, key, alpha), learner.actor_params,
+        learner.actor_opt_state)
+    learner = learner._replace(actor_params=actor_params, actor_opt_state=actor_opt_state)
     if config.autotune_alpha:
         target_entropy = hp.target_entropy_per_dim * actor.action_dim
-        alpha_grad = jax.grad(temperature_loss)(learner.log_alpha, log_prob, target_entropy)
-        updates, alpha_opt_state = optax.adam(hp.alpha_lr).update(alpha_grad, learner.alpha_opt_state)
-        learner = learner._replace(log_alpha=optax.apply_updates(learner.log_alpha, updates),
-                                   alpha_opt_state=alpha_opt_state)
+        log_alpha, alpha_opt_state, _ = optimizer_step(
+            optax.adam(hp.alpha_lr), lambda la: (temperature_loss(la, log_prob, target_entropy), None),
+            learner.log_alpha, learner.alpha_opt_state)
+        learner = learner._replace(log_alpha=log_alpha, alpha_opt_state=alpha_opt_state)
     return learner, {"actor_loss": pi_loss, "alpha": alpha, "entropy": -jnp.mean(log_prob)}
 
 
@@ -176,11 +175,9 @@ def make_train(config: Config) -> Trainer:
         next_action, next_log_prob = sample_action(actor, learner.actor_params, batch.next_obs, next_key)
         next_q = critic.apply(learner.target_critic_params, batch.next_obs, next_action)
         target = soft_q_target(batch.reward, discount, next_q, next_log_prob, alpha)
-        (q_loss, q_mean), grads = jax.value_and_grad(twin_critic_loss, argnums=1, has_aux=True)(
-            critic, learner.critic_params, batch.obs, batch.action, target)
-        updates, critic_opt_state = optax.adam(hp.critic_lr).update(grads, learner.critic_opt_state)
-        critic_params = optax.apply_updates(learner.critic_params, updates)
-
+        critic_params, critic_opt_state, (q_loss, q_mean) = optimizer_step(
+            optax.adam(hp.critic_lr), lambda p: twin_critic_loss(critic, p, batch.obs, batch.action, target),
+            learner.critic_params, learner.critic_opt_state)
         target_critic_params = polyak(learner.target_critic_params, critic_params, hp.tau)
         learner = learner._replace(critic_params=critic_params, critic_opt_state=critic_opt_state,
                                    target_critic_params=target_critic_params,

@@ -56,7 +56,7 @@ from rlzoo.envs import make_env
 from rlzoo.networks import MinAtarCNN, PatchConv, orthogonal_dense
 from rlzoo.returns import n_step_window
 from rlzoo.trainer import POSITIVE, Range, Trainer, check
-from rlzoo.tree import polyak, tree_select
+from rlzoo.updates import polyak, tree_select
 
 AUGMENTATIONS = ("none", "shift", "shift_intensity")
 TARGETS = ("ema", "online")

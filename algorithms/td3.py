@@ -36,7 +36,7 @@ from rlzoo.envs import make_env
 from rlzoo.networks import DeterministicActor, TwinCritic
 from rlzoo.off_policy import OffPolicyConfig, twin_critic_loss
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
-from rlzoo.tree import polyak
+from rlzoo.updates import optimizer_step, polyak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,18 +129,16 @@ def make_train(config: Config) -> Trainer:
         next_action = smoothed_target_action(actor.apply(learner.target_actor_params, batch.next_obs), noise_key, hp)
         next_q = critic.apply(learner.target_critic_params, batch.next_obs, next_action)
         target = jax.lax.stop_gradient(batch.reward + discount * next_q.min(axis=0))
-        (q_loss, q_mean), grads = jax.value_and_grad(twin_critic_loss, argnums=1, has_aux=True)(
-            critic, learner.critic_params, batch.obs, batch.action, target)
-        updates, critic_opt_state = optax.adam(hp.critic_lr).update(grads, learner.critic_opt_state)
-        critic_params = optax.apply_updates(learner.critic_params, updates)
+        critic_params, critic_opt_state, (q_loss, q_mean) = optimizer_step(
+            optax.adam(hp.critic_lr), lambda p: twin_critic_loss(critic, p, batch.obs, batch.action, target),
+            learner.critic_params, learner.critic_opt_state)
 
         def delayed_update(learner: Learner) -> Learner:
             """The actor's deterministic policy gradient step, then Polyak steps of all targets."""
             q_fn = lambda obs, action: critic.apply(critic_params, obs, action)  # noqa: E731
-            pi_loss, grads = jax.value_and_grad(deterministic_policy_loss, argnums=1)(
-                actor, learner.actor_params, q_fn, batch.obs)
-            updates, actor_opt_state = optax.adam(hp.actor_lr).update(grads, learner.actor_opt_state)
-            actor_params = optax.apply_updates(learner.actor_params, updates)
+            actor_params, actor_opt_state, (pi_loss, _) = optimizer_step(
+                optax.adam(hp.actor_lr), lambda p: (deterministic_policy_loss(actor, p, q_fn, batch.obs), None),
+                learner.actor_params, learner.actor_opt_state)
             return learner._replace(
                 actor_params=actor_params, actor_opt_state=actor_opt_state,
                 target_actor_params=polyak(learner.target_actor_params, actor_params, hp.tau),

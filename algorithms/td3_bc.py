@@ -1,6 +1,6 @@
 """TD3+BC (Fujimoto & Gu, NeurIPS 2021, arXiv 2106.06860): TD3 with a behaviour-cloning term in the actor loss.
 
-    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets    # writes datasets/Pendulum-v1/*.hdf5
+    python -m rlzoo.experiments.offline_datasets --env-id Pendulum-v1 --out datasets  # datasets/Pendulum-v1/*.hdf5
     python algorithms/td3_bc.py --dataset datasets/Pendulum-v1/medium.hdf5
     python algorithms/td3_bc.py --num-seeds 4 --sweep alpha=1,2.5,5
 
@@ -36,7 +36,7 @@ from rlzoo import datasets
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.networks import BoundedDeterministicActor, EnsembleQ
 from rlzoo.offline import OfflineConfig, OfflineData, load_offline_data, make_trainer
-from rlzoo.tree import polyak
+from rlzoo.updates import optimizer_step, polyak, tree_select
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,21 +142,18 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
 
     def learn(learner: Learner, batch: datasets.Dataset, key: jax.Array, hp: HParams) -> tuple[Learner, dict]:
         opt = optax.adam(hp.lr)
-        grads, critic_stats = jax.grad(lambda p: critic_loss(nets, p, learner, batch, key, bounds, hp),
-                                       has_aux=True)(learner.critic_params)
-        updates, critic_opt_state = opt.update(grads, learner.critic_opt_state, learner.critic_params)
-        critic_params = optax.apply_updates(learner.critic_params, updates)
-
-        grads, actor_stats = jax.grad(lambda p: actor_loss(nets, p, critic_params, batch, hp),
-                                      has_aux=True)(learner.actor_params)
-        updates, actor_opt_state = opt.update(grads, learner.actor_opt_state, learner.actor_params)
-        actor_params = optax.apply_updates(learner.actor_params, updates)
+        critic_params, critic_opt_state, (_, critic_stats) = optimizer_step(
+            opt, lambda p: critic_loss(nets, p, learner, batch, key, bounds, hp), learner.critic_params,
+            learner.critic_opt_state)
+        actor_params, actor_opt_state, (_, actor_stats) = optimizer_step(
+            opt, lambda p: actor_loss(nets, p, critic_params, batch, hp), learner.actor_params,
+            learner.actor_opt_state)
         target_actor_params = polyak(learner.target_actor_params, actor_params, hp.tau)
         target_critic_params = polyak(learner.target_critic_params, critic_params, hp.tau)
 
         # The delayed policy step: actor, its optimiser and both targets move together every policy_delay steps.
         delayed = (learner.step + 1) % config.policy_delay == 0
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(delayed, n, o), new, old)  # noqa: E731
+        keep = lambda new, old: tree_select(delayed, new, old)  # noqa: E731
         learner = Learner(keep(actor_params, learner.actor_params), critic_params,
                           keep(target_actor_params, learner.target_actor_params),
                           keep(target_critic_params, learner.target_critic_params),
@@ -167,9 +164,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         """The deterministic actor (also when not greedy: TD3+BC evaluates without exploration noise)."""
         return nets.actor.apply(learner.actor_params, obs)
 
-    return make_trainer(data, init, learn, policy, total_updates=config.total_updates,
-                        steps_per_update=config.steps_per_update, batch_size=config.batch_size,
-                        eval_episodes=config.episodes_per_eval)
+    return make_trainer(config, data, init, learn, policy)
 
 
 def main() -> None:

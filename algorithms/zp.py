@@ -37,7 +37,7 @@ from rlzoo import replay, value_based
 from rlzoo.env_adapter import VecEnv, episode_metrics
 from rlzoo.replay import Transition
 from rlzoo.trainer import NON_NEGATIVE, Range, Trainer, check
-from rlzoo.tree import polyak, tree_select
+from rlzoo.updates import polyak, tree_select
 from rlzoo.value_based import EpsilonGreedyHParams, ReplayConfig, TrainState
 from rlzoo.envs import make_env
 from rlzoo.envs.distractor import wrap_env

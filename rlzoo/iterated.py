@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rlzoo.tree import tree_select
+from rlzoo.updates import tree_select
 
 
 def stack(tree: Any, num: int) -> Any:

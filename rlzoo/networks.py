@@ -229,7 +229,7 @@ def squashed_gaussian(mean: jax.Array, log_std: jax.Array, low: float = -1.0,
     return distrax.Transformed(distrax.MultivariateNormalDiag(mean, jnp.exp(log_std)), distrax.Block(squash, ndims=1))
 
 
-# --------------------------------------------------------------------------- offline actors and critics (default Dense init)
+# --------------------------------------------------------------------------- offline actors and critics (Dense init)
 
 
 def dense_stack(x: jax.Array, hidden_sizes: Sequence[int], activation: str) -> jax.Array:
@@ -255,7 +255,8 @@ class GaussianActor(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> distrax.MultivariateNormalDiag:
         centre, half_range = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
-        mean = centre + half_range * jnp.tanh(nn.Dense(self.action_dim)(dense_stack(obs, self.hidden_sizes, self.activation)))
+        head = nn.Dense(self.action_dim)  # created before the hidden layers: it is Dense_0
+        mean = centre + half_range * jnp.tanh(head(dense_stack(obs, self.hidden_sizes, self.activation)))
         log_std = jnp.clip(self.param("log_std", nn.initializers.zeros, (self.action_dim,)), LOG_STD_MIN, LOG_STD_MAX)
         return distrax.MultivariateNormalDiag(mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape))
 

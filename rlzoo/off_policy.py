@@ -40,7 +40,7 @@ from rlzoo import replay
 from rlzoo.env_adapter import BRAX_BACKENDS, EnvSpec, VecEnv, VecEnvState, episode_metrics
 from rlzoo.networks import ACTIVATIONS
 from rlzoo.trainer import Trainer, check
-from rlzoo.tree import tree_select
+from rlzoo.updates import tree_select
 
 
 @dataclasses.dataclass(frozen=True)

@@ -150,12 +150,11 @@ class OfflineState(NamedTuple):
     update_index: jax.Array  # Trainer updates done (each is steps_per_update gradient steps)
 
 
-def make_trainer(data: OfflineData, init_learner: Callable, learn: Callable, policy: Callable, *,
-                 total_updates: int, steps_per_update: int, batch_size: int, eval_episodes: int) -> Trainer:
+def make_trainer(config: OfflineConfig, data: OfflineData, init_learner: Callable, learn: Callable,
+                 policy: Callable) -> Trainer:
     """A `Trainer` whose update is `steps_per_update` gradient steps and one evaluation (module docstring)."""
-    if total_updates < steps_per_update:
-        raise ConfigError(f"total_updates={total_updates} is not allowed: must be >= steps_per_update "
-                          f"({steps_per_update})")
+    total_updates, steps_per_update = config.total_updates, config.steps_per_update
+    batch_size, eval_episodes = config.batch_size, config.episodes_per_eval
     num_updates = total_updates // steps_per_update
     env = data.env
     max_steps = (env.spec.max_episode_steps or 1000) if env is not None else 0

@@ -67,7 +67,8 @@ class ReplayConfig:
         check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
         for name in ("num_envs", "train_every", "batch_size"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size, f"must be >= num_envs ({self.num_envs})")
+        check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size,
+              f"must be >= num_envs ({self.num_envs})")
         check(self.learning_starts >= 0, "learning_starts", self.learning_starts, "must be >= 0")
         check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
         replay.check_can_sample(self.batch_size, self.buffer_size // self.num_envs, self.num_envs,
@@ -156,7 +157,7 @@ def greedy_or_epsilon_greedy(q_values: jax.Array, key: jax.Array, greedy: bool, 
     return jnp.argmax(q_values, axis=-1) if greedy else epsilon_greedy(key, q_values, eps, num_actions)
 
 
-def init_state(vec_env: VecEnv, config: ReplayConfig, key: jax.Array, init_params: Callable[[jax.Array, jax.Array], Any],
+def init_state(vec_env: VecEnv, config: ReplayConfig, key: jax.Array, init_params: Callable,
                optimizer: optax.GradientTransformation, obs_dtype: Any = None) -> TrainState:
     """Resets the envs, initialises the network (target = online) and an empty buffer of `Transition`s.
 

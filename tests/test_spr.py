@@ -72,12 +72,12 @@ def test_cosine_loss_is_two_minus_twice_the_cosine():
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def hand_built_replay(done_row: int, truncated: bool, rows: int = 5):
     """One env, `rows` steps whose episode ends at `done_row`; rewards 1, 2, 4, 8, ..."""
-    example = spr.Transition(jnp.zeros((2, 2, 1), jnp.uint8), jnp.zeros((), jnp.int32), jnp.zeros(()),
+    example = replay.Transition(jnp.zeros((2, 2, 1), jnp.uint8), jnp.zeros((), jnp.int32), jnp.zeros(()),
                              jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros((2, 2, 1), jnp.uint8))
     buffer = replay.init(example, rows, 1)
     for t in range(rows):
         end = t == done_row
-        buffer = replay.add(buffer, spr.Transition(
+        buffer = replay.add(buffer, replay.Transition(
             jnp.full((1, 2, 2, 1), t, jnp.uint8), jnp.array([t % 3]), jnp.array([2.0 ** t]),
             jnp.array([end and not truncated]), jnp.array([end and truncated]), jnp.full((1, 2, 2, 1), t + 1,
                                                                                            jnp.uint8)))
@@ -130,7 +130,7 @@ def test_the_prediction_loss_trains_the_online_networks_and_never_the_target():
     network = spr.SPRNetwork(num_actions=3, num_atoms=config.num_atoms, transition_channels=4)
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
     frames = (jax.random.uniform(keys[0], (2, 4, 10, 10, 4)) < 0.1).astype(jnp.uint8)  # B=2 sequences of L=4
-    steps = spr.Transition(frames, jax.random.randint(keys[1], (2, 4), 0, 3), jnp.zeros((2, 4)),
+    steps = replay.Transition(frames, jax.random.randint(keys[1], (2, 4), 0, 3), jnp.zeros((2, 4)),
                            jnp.zeros((2, 4), bool), jnp.zeros((2, 4), bool), jnp.roll(frames, -1, axis=1))
     sequence = replay.SequenceSample(replay.SlotIndex(jnp.zeros(2, jnp.int32), jnp.arange(2)), steps,
                                      jnp.ones((2, 4), bool))

@@ -1,4 +1,7 @@
-"""Pytree updates that every algorithm's update step shares: selection and Polyak averaging.
+"""The pieces of every algorithm's update step: an optimiser step, selection and Polyak averaging.
+
+`optimizer_step(optimizer, loss_fn, params, opt_state)` differentiates
+loss_fn(params) -> (loss, aux) and applies one step of an optax optimiser.
 
 `tree_select(pred, on_true, on_false)` picks between two pytrees of the same
 structure with one scalar predicate, leaf by leaf (`jnp.where`). Update steps use
@@ -16,12 +19,22 @@ golden outputs in `tests/test_golden.py`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Tree = TypeVar("Tree")
+
+
+def optimizer_step(optimizer: optax.GradientTransformation, loss_fn: Callable[[Any], tuple[jax.Array, Any]],
+                   params: Any, opt_state: Any) -> tuple[Any, Any, tuple[jax.Array, Any]]:
+    """One step of `optimizer` on loss_fn(params) -> (loss, aux): returns (params, opt_state, (loss, aux))."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, (loss, aux)
 
 
 def tree_select(pred: jax.Array | bool, on_true: Tree, on_false: Tree) -> Tree:
