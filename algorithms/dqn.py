@@ -32,7 +32,7 @@ from rlzoo.env_adapter import VecEnv, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import QNetwork
 from rlzoo.trainer import Range, Trainer, check
-from rlzoo.updates import polyak, tree_select
+from rlzoo.updates import is_due, optimizer_step, polyak, tree_select
 from rlzoo.value_based import EpsilonGreedyHParams, ReplayConfig, TrainState
 
 LOSSES = ("mse", "huber", "c51", "hl_gauss", "two_hot")
@@ -145,23 +145,19 @@ def make_train(config: Config) -> Trainer:
         q_values = to_q(network.apply(state.params, obs))
         return value_based.greedy_or_epsilon_greedy(q_values, key, greedy, eps, vec_env.spec.num_actions)
 
-    def learn(state: TrainState, key: jax.Array, hp: HParams):
-        sample = replay.sample_n_step(state.buffer, key, config.batch_size, config.n_step, hp.gamma)
-        (loss, q_mean), grads = jax.value_and_grad(
-            lambda p: td_loss(config, network, p, state.target_params, sample, hp), has_aux=True)(state.params)
-        updates, opt_state = value_based.make_optimizer(hp).update(grads, state.opt_state, state.params)
-        return optax.apply_updates(state.params, updates), opt_state, loss, q_mean
-
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
         key, rollout_key, learn_key = jax.random.split(state.key, 3)
         eps = value_based.epsilon(hp, state.update_index, num_updates)
         state = value_based.collect(vec_env, act, state, rollout_key, eps, config.train_every)
 
-        params, opt_state, loss, q_mean = learn(state, learn_key, hp)
+        sample = replay.sample_n_step(state.buffer, learn_key, config.batch_size, config.n_step, hp.gamma)
+        params, opt_state, (loss, q_mean) = optimizer_step(
+            value_based.make_optimizer(hp), lambda p: td_loss(config, network, p, state.target_params, sample, hp),
+            state.params, state.opt_state)
         learning = state.update_index >= config.learning_starts_updates
         params, opt_state = tree_select(learning, (params, opt_state), (state.params, state.opt_state))
         update_index = state.update_index + 1
-        refresh = learning & (update_index % jnp.asarray(hp.target_period).astype(jnp.int32) == 0)
+        refresh = learning & is_due(update_index, hp.target_period)
         target_params = tree_select(refresh, polyak(state.target_params, params, hp.tau),
                                     state.target_params)
         metrics = {"env_steps": update_index * config.steps_per_update, **episode_metrics(state.env_state),

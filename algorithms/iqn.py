@@ -43,7 +43,7 @@ from rlzoo.algorithms import dqn
 from rlzoo.env_adapter import episode_metrics
 from rlzoo.networks import QNetwork, make_torso, orthogonal_dense
 from rlzoo.trainer import Range, Trainer, check
-from rlzoo.updates import tree_select
+from rlzoo.updates import is_due, optimizer_step, tree_select
 from rlzoo.value_based import TrainState
 
 
@@ -176,17 +176,16 @@ def make_train(config: Config) -> Trainer:
         state = value_based.collect(vec_env, act, state, rollout_key, eps, config.train_every)
 
         sample = replay.sample_n_step(state.buffer, learn_key, config.batch_size, config.n_step, hp.gamma)
-        (loss, q_mean), grads = jax.value_and_grad(
-            lambda p: iterated_loss(config, iterations, p, state.target_params, sample), has_aux=True)(state.params)
-        updates, opt_state = value_based.make_optimizer(hp).update(grads, state.opt_state, state.params)
+        params, opt_state, (loss, q_mean) = optimizer_step(
+            value_based.make_optimizer(hp), lambda p: iterated_loss(config, iterations, p, state.target_params, sample),
+            state.params, state.opt_state)
         learning = state.update_index >= config.learning_starts_updates
-        params, opt_state = tree_select(learning, (optax.apply_updates(state.params, updates), opt_state),
-                                        (state.params, state.opt_state))
+        params, opt_state = tree_select(learning, (params, opt_state), (state.params, state.opt_state))
 
         update_index = state.update_index + 1
         target_params, params = iterated.advance(
-            state.target_params, params, learning & iterated.is_due(update_index, hp.roll_period),
-            learning & iterated.is_due(update_index, hp.target_period), iterations.roll, iterations.follow)
+            state.target_params, params, learning & is_due(update_index, hp.roll_period),
+            learning & is_due(update_index, hp.target_period), iterations.roll, iterations.follow)
         metrics = {"env_steps": update_index * config.steps_per_update, **episode_metrics(state.env_state),
                    "loss": loss, "q_mean": q_mean, "epsilon": eps}
         return state._replace(params=params, target_params=target_params, opt_state=opt_state, key=key,

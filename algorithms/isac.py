@@ -44,7 +44,7 @@ from rlzoo.algorithms import sac
 from rlzoo.networks import SquashedGaussianActor, TwinCritic
 from rlzoo.off_policy import twin_critic_loss
 from rlzoo.trainer import Range, Trainer, check
-from rlzoo.updates import optimizer_step
+from rlzoo.updates import is_due, optimizer_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +112,8 @@ def make_train(config: Config) -> Trainer:
 
         gradient_steps = learner.gradient_steps + 1
         target_params, online_params = iterated.advance(
-            learner.target_critic_params, critic_params, iterated.is_due(gradient_steps, hp.roll_period),
-            iterated.is_due(gradient_steps, hp.target_period), lambda t, p: iterated.roll(t, p, hp.tau))
+            learner.target_critic_params, critic_params, is_due(gradient_steps, hp.roll_period),
+            is_due(gradient_steps, hp.target_period), lambda t, p: iterated.roll(t, p, hp.tau))
         learner = learner._replace(critic_params=online_params, target_critic_params=target_params,
                                    critic_opt_state=critic_opt_state, gradient_steps=gradient_steps)
         q_fn = lambda obs, action: critic.apply(last_head(critic_params), obs, action)  # noqa: E731

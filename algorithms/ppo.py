@@ -28,6 +28,7 @@ from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, ActorCritic
 from rlzoo.returns import gae
+from rlzoo.updates import optimizer_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,10 +202,10 @@ def make_train(config: Config) -> Trainer:
 
     def update_minibatch(carry, batch: Batch):
         params, opt_state, hp = carry
-        grads, stats = jax.grad(ppo_loss, argnums=1, has_aux=True)(
-            network.apply, params, batch, hp, config.clip_value_loss)
-        updates, opt_state = make_optimizer(config, hp).update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, hp), stats
+        params, opt_state, (_, stats) = optimizer_step(
+            make_optimizer(config, hp), lambda p: ppo_loss(network.apply, p, batch, hp, config.clip_value_loss),
+            params, opt_state)
+        return (params, opt_state, hp), stats
 
     def update_epoch(carry, key: jax.Array, batch: Batch):
         permutation = jax.random.permutation(key, batch_size)

@@ -31,7 +31,6 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from rlzoo.algorithms import ppo
@@ -40,6 +39,7 @@ from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.networks import MLP, orthogonal_dense
 from rlzoo.returns import gae
 from rlzoo.sequence import SCANS, SEQUENCE_MODELS, make_sequence_model
+from rlzoo.updates import optimizer_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,10 +196,10 @@ def make_train(config: Config) -> Trainer:
 
     def update_minibatch(carry, batch: ppo.Batch):
         params, opt_state, hp = carry
-        grads, stats = jax.grad(ppo.ppo_loss, argnums=1, has_aux=True)(
-            replay_sequences, params, batch, hp, config.clip_value_loss)
-        updates, opt_state = ppo.make_optimizer(config, hp).update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, hp), stats
+        params, opt_state, (_, stats) = optimizer_step(
+            ppo.make_optimizer(config, hp), lambda p: ppo.ppo_loss(replay_sequences, p, batch, hp,
+                                                                   config.clip_value_loss), params, opt_state)
+        return (params, opt_state, hp), stats
 
     def update_epoch(carry, key: jax.Array, batch: ppo.Batch):
         """One pass over the rollout in minibatches of whole env sequences."""

@@ -46,7 +46,6 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from rlzoo import replay, value_based
@@ -56,7 +55,7 @@ from rlzoo.envs import make_env
 from rlzoo.networks import MinAtarCNN, PatchConv, orthogonal_dense
 from rlzoo.returns import n_step_window
 from rlzoo.trainer import POSITIVE, Range, Trainer, check
-from rlzoo.updates import polyak, tree_select
+from rlzoo.updates import is_due, optimizer_step, polyak, tree_select
 
 AUGMENTATIONS = ("none", "shift", "shift_intensity")
 TARGETS = ("ema", "online")
@@ -324,15 +323,14 @@ def make_train(config: Config) -> Trainer:
         state = value_based.collect(vec_env, act, state, rollout_key, eps, config.train_every)
 
         sequence = replay.sample_sequences(state.buffer, sample_key, config.batch_size, config.sequence_length)
-        (loss, (td, spr, q_mean)), grads = jax.value_and_grad(total_loss, has_aux=True)(
-            state.params, state, sequence, loss_key, hp)
-        updates, opt_state = value_based.make_optimizer(hp).update(grads, state.opt_state, state.params)
+        params, opt_state, (loss, (td, spr, q_mean)) = optimizer_step(
+            value_based.make_optimizer(hp), lambda p: total_loss(p, state, sequence, loss_key, hp), state.params,
+            state.opt_state)
         learning = ((state.update_index >= config.learning_starts_updates)
                     & replay.can_sample(state.buffer, config.batch_size, config.sequence_length))
-        params, opt_state = tree_select(learning, (optax.apply_updates(state.params, updates), opt_state),
-                                        (state.params, state.opt_state))
+        params, opt_state = tree_select(learning, (params, opt_state), (state.params, state.opt_state))
         update_index = state.update_index + 1
-        refresh = learning & (update_index % jnp.asarray(hp.target_period).astype(jnp.int32) == 0)
+        refresh = learning & is_due(update_index, hp.target_period)
         target_params = tree_select(refresh, polyak(state.target_params, params, hp.tau),
                                     state.target_params)
         spr_target_params = tree_select(

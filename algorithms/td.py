@@ -46,7 +46,7 @@ import optax
 from flax import struct
 
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.env_adapter import EnvSpec, VecEnv, VecEnvState, mean_last_episode_length, mean_last_episode_return
+from rlzoo.env_adapter import EnvSpec, VecEnv, VecEnvState, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, MLP, orthogonal_dense
 from rlzoo.returns import discounted_returns, lambda_returns
@@ -379,8 +379,7 @@ def make_train(config: Config) -> Trainer:
         update_index = state.update_index + 1
         metrics = {
             "env_steps": update_index * config.steps_per_update,
-            "episode_return": mean_last_episode_return(state.env_state),  # the behaviour (evaluated) policy's
-            "episode_length": mean_last_episode_length(state.env_state),
+            **episode_metrics(state.env_state),  # the behaviour (evaluated) policy's return and length
             "episode_value_error": relative_value_error(value.apply(state.params, batch.obs)[..., 0], batch, hp.gamma),
             **losses,
         }

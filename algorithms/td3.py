@@ -36,7 +36,7 @@ from rlzoo.envs import make_env
 from rlzoo.networks import DeterministicActor, TwinCritic
 from rlzoo.off_policy import OffPolicyConfig, twin_critic_loss
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer
-from rlzoo.updates import optimizer_step, polyak
+from rlzoo.updates import is_due, optimizer_step, polyak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +148,7 @@ def make_train(config: Config) -> Trainer:
         gradient_steps = learner.gradient_steps + 1
         learner = learner._replace(critic_params=critic_params, critic_opt_state=critic_opt_state,
                                    gradient_steps=gradient_steps)
-        delayed = gradient_steps % jnp.asarray(hp.policy_delay).astype(jnp.int32) == 0
+        delayed = is_due(gradient_steps, hp.policy_delay)
         # The delay is a traced HParam, so `cond` skips the actor's work on the other steps in a one-member
         # program; under `vmap` over members XLA turns it into a select of both branches.
         learner = jax.lax.cond(delayed, delayed_update, lambda learner: learner, learner)

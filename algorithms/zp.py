@@ -30,14 +30,13 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from rlzoo import replay, value_based
 from rlzoo.env_adapter import VecEnv, episode_metrics
 from rlzoo.replay import Transition
 from rlzoo.trainer import NON_NEGATIVE, Range, Trainer, check
-from rlzoo.updates import polyak, tree_select
+from rlzoo.updates import optimizer_step, polyak, tree_select
 from rlzoo.value_based import EpsilonGreedyHParams, ReplayConfig, TrainState
 from rlzoo.envs import make_env
 from rlzoo.envs.distractor import wrap_env
@@ -200,10 +199,9 @@ def make_train(config: Config) -> Trainer:
             zp, latents = zp_loss(config, network, params, state.target_params, sequence)
             return td + hp.zp_coef * zp, (td, zp, q_mean, latents)
 
-        (_, (td, zp, q_mean, latents)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = value_based.make_optimizer(hp).update(grads, state.opt_state, state.params)
-        stats = {"loss": td, "zp_loss": zp, "q_mean": q_mean, "latent_srank": effective_rank(latents)}
-        return optax.apply_updates(state.params, updates), opt_state, stats
+        params, opt_state, (_, (td, zp, q_mean, latents)) = optimizer_step(
+            value_based.make_optimizer(hp), loss_fn, state.params, state.opt_state)
+        return params, opt_state, {"loss": td, "zp_loss": zp, "q_mean": q_mean, "latent_srank": effective_rank(latents)}
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
         key, rollout_key, learn_key = jax.random.split(state.key, 3)

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rlzoo.updates import tree_select
+from rlzoo.updates import polyak, tree_select
 
 
 def stack(tree: Any, num: int) -> Any:
@@ -44,16 +44,9 @@ def follow(target_params: Any, params: Any) -> Any:
 
 def roll(target_params: Any, params: Any, tau: Any = None) -> tuple[Any, Any]:
     """Q_bar_0 <- Q_1 (or (1 - tau) Q_bar_0 + tau Q_1), then Q_k <- Q_{k+1}: returns (target_params, params)."""
-    if tau is None:
-        targets = jax.tree.map(lambda t, p: t.at[0].set(p[0]), target_params, params)
-    else:
-        targets = jax.tree.map(lambda t, p: t.at[0].set((1.0 - tau) * t[0] + tau * p[0]), target_params, params)
+    targets = jax.tree.map(lambda t, p: t.at[0].set(p[0] if tau is None else polyak(t[0], p[0], tau)),
+                           target_params, params)
     return targets, jax.tree.map(shift, params)
-
-
-def is_due(step: jax.Array, period: Any) -> jax.Array:
-    """Whether a periodic move is due at `step` (a traced, float-valued period is rounded down)."""
-    return step % jnp.asarray(period).astype(jnp.int32) == 0
 
 
 def advance(target_params: Any, params: Any, rolling: jax.Array, following: jax.Array,

@@ -16,8 +16,8 @@ One `Trainer.update` is then
 
 Actions live in [-1, 1] in the replay buffer and in the losses, and are mapped
 linearly onto the environment's bounds when stepping. A done step stores its true
-final observation as `next_obs`, so `discount(batch, gamma)` bootstraps a truncated
-episode and not a terminated one.
+final observation as `next_obs`, so the discount of `sample_batch`,
+gamma (1 - terminated), bootstraps a truncated episode and not a terminated one.
 
 Also here: `OffPolicyConfig`, the static settings these algorithms share,
 `twin_critic_loss` (clipped double-Q critics regress on a target), and the

@@ -9,7 +9,8 @@ it to keep a state unchanged before learning starts, or to apply a target update
 only on the steps it is due. Both branches are computed; under `vmap` over
 members, `lax.cond` would become the same select.
 
-`polyak(target, online, tau)` is target-network averaging,
+`is_due(step, period)` says whether a periodic update (a target refresh, a delayed
+policy step) falls on this step. `polyak(target, online, tau)` is target-network averaging,
 theta_bar <- (1 - tau) theta_bar + tau theta. It is `optax.incremental_update`
 with the two products added in the other order; that order matters to the last
 bit, because XLA on CPU fuses the two into different multiply-adds (swapping in
@@ -45,3 +46,8 @@ def tree_select(pred: jax.Array | bool, on_true: Tree, on_false: Tree) -> Tree:
 def polyak(target: Tree, online: Tree, tau: Any) -> Tree:
     """theta_bar <- (1 - tau) theta_bar + tau theta, for every leaf (tau = 1: a hard copy)."""
     return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+def is_due(step: jax.Array, period: Any) -> jax.Array:
+    """Whether a periodic update is due at `step`: step % period == 0 (a traced float period is truncated)."""
+    return step % jnp.asarray(period).astype(jnp.int32) == 0

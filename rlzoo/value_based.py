@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -177,7 +178,9 @@ def collect(vec_env: VecEnv, act: Act, state: Any, key: jax.Array, eps: jax.Arra
 
     def env_step(state: Any, key: jax.Array):
         act_key, env_key = jax.random.split(key)
-        return replay.store_step(vec_env, state, env_key, act(state, act_key, state.obs, False, eps)), None
+        action = act(state, act_key, state.obs, False, eps)
+        chex.assert_shape(action, (vec_env.num_envs,))
+        return replay.store_step(vec_env, state, env_key, action), None
 
     return jax.lax.scan(env_step, state, jax.random.split(key, num_steps))[0]
 

@@ -1,4 +1,4 @@
-"""Packages layer one way: core `rlzoo/` <- `envs/` <- `algorithms/` <- `experiments/`, `benchmarks/`.
+"""Packages layer one way: core `rlzoo/` <- `envs/` <- `algorithms/` <- `experiments/` <- `benchmarks/`.
 
 Checked two ways: statically (no module imports a package above its own layer,
 at top level or inside a function) and at run time (importing `rlzoo.envs` in a
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"rlzoo": 0, "rlzoo.envs": 1, "rlzoo.algorithms": 2, "rlzoo.experiments": 3}
+LAYERS = {"rlzoo": 0, "rlzoo.envs": 1, "rlzoo.algorithms": 2, "rlzoo.experiments": 3, "rlzoo.benchmarks": 4}
 FOLDERS = {"rlzoo": "rlzoo", "envs": "rlzoo.envs", "algorithms": "rlzoo.algorithms",
-           "experiments": "rlzoo.experiments"}
+           "experiments": "rlzoo.experiments", "benchmarks": "rlzoo.benchmarks"}
 
 
 def layer_of(module: str) -> str | None:
@@ -65,6 +65,7 @@ def test_the_check_finds_an_upward_import(tmp_path, monkeypatch):
 
 def test_importing_envs_loads_no_algorithm():
     code = ("import sys, rlzoo.envs, rlzoo.envs.meta, rlzoo.envs.memory, rlzoo.envs.distractor; "
-            "print(sorted(m for m in sys.modules if m.startswith(('rlzoo.algorithms', 'rlzoo.experiments'))))")
+            "print(sorted(m for m in sys.modules if m.startswith(('rlzoo.algorithms', 'rlzoo.experiments', "
+            "'rlzoo.benchmarks'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
