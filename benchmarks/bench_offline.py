@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rlzoo.benchmarks.harness import ResultsFile, machine, score_table, write_reports
 
 from rlzoo import datasets
 from rlzoo.algorithms import bc, cql, csve, iql, td3_bc
 from rlzoo.evaluate import greedy_member_evaluator
 from rlzoo.offline import load_offline_data
-from rlzoo.report import aggregate_intervals, write_report
 from rlzoo.sweep import expand_members, make_grid, seed_keys
 
 HERE = Path(__file__).resolve().parent
@@ -102,29 +101,10 @@ def make_trainer(name: str, path: Path, updates: int, chunk: int, csve_model_see
     return module.make_train(config, data), module.HParams(), data.metadata
 
 
-def record_result(path: Path, args, name: str, task: str, result: dict) -> dict:
-    """Adds one (algorithm, task) result to `scores.json`, re-read just before writing so that benchmarks
-    running side by side into the same file keep each other's results; a file at another budget is replaced."""
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    same_budget = (previous.get("updates"), previous.get("seeds")) == (args.updates, args.seeds)
-    merged = {key: previous.get(key, {}) if same_budget else {}
-              for key in ("scores", "times_s", "references", "settings")}
-    merged["scores"].setdefault(name, {})[task] = result["scores"]
-    merged["times_s"].setdefault(name, {})[task] = result["times_s"]
-    merged["references"][task] = result["references"]
-    if name == "CSVE":
-        merged["settings"]["CSVE"] = {"model_seed": args.csve_model_seed}
-    path.write_text(json.dumps({
-        "updates": args.updates, "seeds": args.seeds, "eval_episodes": args.episodes, **merged,
-        "datasets": args.datasets, "jax": jax.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"}, indent=2) + "\n")
-    return merged["scores"]
-
-
 def bench_scores(args) -> None:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scores = {}
+    results = ResultsFile(out / "scores.json", {"updates": args.updates, "seeds": args.seeds,
+                                                "eval_episodes": args.episodes})
     for env_id in args.envs:
         for name in args.algos:
             evaluator = None
@@ -140,40 +120,23 @@ def bench_scores(args) -> None:
                 eval_s = time.perf_counter() - start
                 normalised = datasets.normalized_score(metadata, returns)
                 task = f"{env_id}:{tier}"
-                result = {"scores": np.round(np.asarray(normalised, np.float64), 2).tolist(),
-                          "times_s": {"init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
-                                      "run_s": round(run_s, 1), "eval_s": round(eval_s, 1),
-                                      "seeds_per_program": args.seeds_per_program or args.seeds},
-                          "references": {k: metadata[k] for k in ("ref_min_score", "ref_max_score", "policy_return")}}
+                times = {"init_s": round(init_s, 1), "compile_s": round(compile_s, 1), "run_s": round(run_s, 1),
+                         "eval_s": round(eval_s, 1), "seeds_per_program": args.seeds_per_program or args.seeds}
                 print(f"{task} {name}: normalised {np.round(normalised, 1).tolist()} (returns "
-                      f"{np.round(returns, 1).tolist()}), {result['times_s']}", flush=True)
-                scores = record_result(out / "scores.json", args, name, task, result)
-    print(score_table(scores, args.seeds))
-    for env_id in args.envs:
-        # Over every tier of this env in scores.json (earlier runs' too), for the algorithms that have them all:
-        # a run of one tier must not replace the report of a run of three.
-        tasks = [f"{env_id}:{tier}" for tier in TIERS if any(f"{env_id}:{tier}" in s for s in scores.values())]
-        per_label = {name: np.asarray([s[t] for t in tasks]).T for name, s in scores.items()
-                     if all(t in s for t in tasks)}
-        if per_label:
-            write_report(per_label, out / f"report_{env_id.replace('/', '_')}", tasks=tasks)
-
-
-def score_table(scores: dict[str, dict[str, list[float]]], num_seeds: int) -> str:
-    """Markdown: one row per (env, tier), one column per algorithm, IQM [95% CI] of the normalised score."""
-    tasks = sorted({task for per_task in scores.values() for task in per_task})
-    names = list(scores)
-    lines = [f"| dataset ({num_seeds} seeds) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for task in tasks:
-        cells = []
-        for name in names:
-            if task not in scores[name]:
-                cells.append("")
-                continue
-            point, low, high = aggregate_intervals(np.asarray(scores[name][task])[:, None])["iqm"]
-            cells.append(f"{point:.1f} [{low:.1f}, {high:.1f}]")
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                      f"{np.round(returns, 1).tolist()}), {times}", flush=True)
+                results.record(name, task, scores=np.round(np.asarray(normalised, np.float64), 2).tolist(),
+                               times_s=times)
+                results.update(datasets=args.datasets, references={
+                    task: {k: metadata[k] for k in ("ref_min_score", "ref_max_score", "policy_return")}})
+                if name == "CSVE":
+                    results.update(settings={"CSVE": {"model_seed": args.csve_model_seed}})
+    scores = results.scores()
+    print(score_table(scores, f"dataset ({args.seeds} seeds)"))
+    # Each env's report covers every tier of it in scores.json (earlier runs' too), for the algorithms that have
+    # them all: a run of one tier must not replace the report of a run of three.
+    write_reports(out, scores, {env_id: [f"{env_id}:{tier}" for tier in TIERS
+                                         if any(f"{env_id}:{tier}" in s for s in scores.values())]
+                                for env_id in args.envs})
 
 
 def bench_timing(args) -> None:
@@ -190,7 +153,7 @@ def bench_timing(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "timing.json").write_text(json.dumps({
         "dataset": str(path), "rows": rows, "jax": jax.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"}, indent=2) + "\n")
+        "machine": machine()}, indent=2) + "\n")
     print("| algorithm | updates timed | run s | min per 1M updates (extrapolated) | compile s | init s |")
     print("|---|---|---|---|---|---|")
     for row in rows:

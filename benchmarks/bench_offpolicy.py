@@ -9,18 +9,11 @@ Each (algorithm, env) trains all seeds as one vmapped program with the brax
 settings below (`--num-envs` envs per seed, `--utd-ratio` gradient steps per
 vectorised step, 2x256 ReLU networks, batch 256), then plays `--episodes` greedy
 evaluation episodes (1000 steps at most) per seed; a seed's score is their mean
-return. Writes `scores.json` (scores, settings, times), a report per env
-(`rlzoo.report`: IQM, mean, median with stratified-bootstrap CIs, probability of
-improvement) and learning curves (training episode return, mean over seeds with
-the min-max band). Results of other envs already in `scores.json` at the same
-steps and seeds are kept, so envs can be run one command at a time.
-
-Each seed's initial state is built by its own call of the jitted `init`, and
-the vmapped program scans `update` from the stacked states: on this 2-core CPU
-(jaxlib 0.10.2) the vmapped orthogonal initialisers (batched LAPACK QR) hung
-forever inside one program with brax, even with rlzoo's XLA scheduler flag.
-The result equals `train(key, hparams)` per seed (`Trainer.__call__` is
-`run(init(key))`).
+return. `benchmarks/harness.py` runs the comparison (each seed initialised by its
+own jitted `init`: see `harness.train_seeds`) and writes `scores.json` (scores,
+settings, times), a report per env and learning curves. Results of other envs
+already in `scores.json` at the same budget are kept, so envs can be run one
+command at a time.
 
 Speed (`--speed`): SAC and TD3 on gymnax Pendulum-v1 with the same settings for
 rlzoo and rejax (`benchmarks/peer_offpolicy.py`, run in `.venv-peer` as a
@@ -35,118 +28,38 @@ rejax's run time (below 1: rlzoo is faster). Writes `speed.json` into `--out`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import platform
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import matplotlib
+import numpy as np
+from rlzoo.benchmarks.harness import Contender, compare, machine
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rlzoo.algorithms import isac, sac, td3  # noqa: E402
-from rlzoo.evaluate import greedy_member_returns  # noqa: E402
-from rlzoo.report import write_report  # noqa: E402
-from rlzoo.sweep import seed_keys  # noqa: E402
+from rlzoo.algorithms import isac, sac, td3
+from rlzoo.sweep import seed_keys
 
 HERE = Path(__file__).resolve().parent
 PEER_PYTHON = HERE.parent / ".venv-peer" / "bin" / "python"
 ALGORITHMS = {"SAC": sac, "TD3": td3, "i-SAC K=3": isac}
-warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice")  # curves before the first episode ends
 
 
 def contenders(env_id: str, steps: int, num_envs: int, utd_ratio: int, learning_starts: int,
-               names: list[str]) -> dict:
-    """name -> (Config, HParams) with the shared brax settings."""
+               names: list[str]) -> dict[str, Contender]:
+    """The chosen algorithms with the shared brax settings."""
     common = dict(env_id=env_id, total_timesteps=steps, num_envs=num_envs, utd_ratio=utd_ratio,
                   learning_starts=learning_starts, buffer_size=min(1_000_000, max(steps, 100_000)),
                   batch_size=256, hidden_sizes=(256, 256), activation="relu")
     configs = {"SAC": sac.Config(**common), "TD3": td3.Config(**common), "i-SAC K=3": isac.Config(num_heads=3, **common)}
-    return {name: (configs[name], ALGORITHMS[name].HParams()) for name in names}
-
-
-def train_seeds(trainer, hparams, num_seeds: int):
-    """Per-seed jitted `init`, then one vmapped program scanning `update`: ((state, metrics), init_s, compile_s, run_s)."""
-    start = time.perf_counter()
-    init = jax.jit(trainer.init)
-    states = [init(key, hparams) for key in seed_keys(0, num_seeds)]
-    state = jax.block_until_ready(jax.tree.map(lambda *x: jnp.stack(x), *states))
-    init_s = time.perf_counter() - start
-    start = time.perf_counter()
-    program = jax.jit(jax.vmap(lambda s: trainer.run(s, hparams, trainer.num_updates))).lower(state).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    outputs = jax.block_until_ready(program(state))
-    return outputs, init_s, compile_s, time.perf_counter() - start
-
-
-def previous_results(path: Path, steps: int, seeds: int) -> tuple[dict, dict, dict]:
-    """(scores, settings, times) of an earlier run at the same budget, so that envs run one at a time add up."""
-    if not path.exists():
-        return {}, {}, {}
-    previous = json.loads(path.read_text())
-    if (previous["steps"], previous["seeds"]) != (steps, seeds):
-        print(f"[bench] {path} holds {previous['seeds']} seeds x {previous['steps']} steps, not {seeds} x {steps}: "
-              "replacing it", file=sys.stderr)
-        return {}, {}, {}
-    return previous["scores"], previous["settings"], previous["times_s"]
-
-
-def write_scores(path: Path, args, scores: dict, settings: dict, times: dict) -> None:
-    """Writes scores.json, keeping a hand-written "note" of the earlier file."""
-    note = json.loads(path.read_text()).get("note") if path.exists() else None
-    path.write_text(json.dumps({**({"note": note} if note else {}),
-        "steps": args.steps, "seeds": args.seeds, "eval_episodes": args.episodes, "scores": scores,
-        "settings": settings, "times_s": times, "jax": jax.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"}, indent=2) + "\n")
+    return {name: Contender(ALGORITHMS[name].make_train, configs[name], ALGORITHMS[name].HParams()) for name in names}
 
 
 def bench_returns(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scores, settings, times = previous_results(out / "scores.json", args.steps, args.seeds)
-    for env_id in args.envs:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, (config, hparams) in contenders(env_id, args.steps, args.num_envs, args.utd_ratio,
-                                                  args.learning_starts, args.algos).items():
-            trainer = ALGORITHMS[name].make_train(config)
-            (state, metrics), init_s, compile_s, run_s = train_seeds(trainer, hparams, args.seeds)
-            start = time.perf_counter()
-            per_seed = greedy_member_returns(trainer, state, jax.random.PRNGKey(12345), args.episodes)
-            scores.setdefault(name, {})[env_id] = per_seed.tolist()
-            eval_s = time.perf_counter() - start
-            settings[name] = {"config": {k: v for k, v in dataclasses.asdict(config).items() if k != "env_id"},
-                              "hparams": {f.name: float(getattr(hparams, f.name)) for f in dataclasses.fields(hparams)}}
-            times.setdefault(name, {})[env_id] = {"init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
-                                                  "run_s": round(run_s, 1), "eval_s": round(eval_s, 1)}
-            returns = np.asarray(metrics["episode_return"])  # [seeds, updates]
-            env_steps = np.asarray(metrics["env_steps"][0])
-            line, = ax.plot(env_steps, np.nanmean(returns, axis=0), label=name)
-            ax.fill_between(env_steps, np.nanmin(returns, axis=0), np.nanmax(returns, axis=0), color=line.get_color(),
-                            alpha=0.15)
-            print(f"{env_id} {name}: greedy {np.mean(scores[name][env_id]):.1f} "
-                  f"(seeds {np.round(scores[name][env_id], 1).tolist()}), {times[name][env_id]}", flush=True)
-            write_scores(out / "scores.json", args, scores, settings, times)  # after each run: a crash keeps it
-        ax.set(title=f"{env_id}, {args.seeds} seeds", xlabel="environment steps per seed",
-               ylabel="training episode return")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / f"curves_{env_id.replace('/', '_')}.png", dpi=110)
-        plt.close(fig)
-
-    for env_id in args.envs:
-        per_label = {name: np.asarray(s[env_id])[:, None] for name, s in scores.items()}
-        folder = out / f"report_{env_id.replace('/', '_')}"
-        write_report(per_label, folder, tasks=[env_id])
-        print((folder / "report.md").read_text())
+    compare({env_id: contenders(env_id, args.steps, args.num_envs, args.utd_ratio, args.learning_starts, args.algos)
+             for env_id in args.envs}, args.seeds, args.out, budget={"steps": args.steps}, eval_episodes=args.episodes,
+            per_seed_init=True)
 
 
 # --------------------------------------------------------------------------- speed
@@ -224,8 +137,7 @@ def bench_speed(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps({
         "settings": {**SPEED, "total_timesteps_per_seed": args.speed_steps, "lr": 3e-4, "gamma": 0.99, "tau": 0.005},
-        "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}",
-        "jax": jax.__version__, "rows": rows}, indent=2) + "\n")
+        "machine": machine(), "jax": jax.__version__, "rows": rows}, indent=2) + "\n")
 
 
 def main() -> None:

@@ -32,7 +32,9 @@ Returns: each (task, model) trains `--seeds` seeds as one vmapped program and
 reports the mean of each env's last finished training episode, per seed (on
 meta/CartPole-v1 an episode is a meta-episode of 4 trials, at most 2,000); on
 meta tasks also each trial's mean return over 16 greedy meta-episodes per seed.
-Rows of other (task, model) pairs already in `returns.json` are kept.
+`returns.json` is `benchmarks/harness.py`'s results file (label: the model; task:
+the env; `details` holds each pair's steps and wall time); other pairs already in
+it are kept.
 
 Writes `benchmarks/results/s5/speed.json` and/or `returns.json`.
 """
@@ -49,11 +51,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from rlzoo.benchmarks.harness import ResultsFile, score_table
 
 from rlzoo.algorithms.ppo_s5 import Config, HParams, make_train
 from rlzoo.envs.meta import trial_done_flag, trial_returns
 from rlzoo.evaluate import evaluate_policy_of
-from rlzoo.report import aggregate_intervals
 from rlzoo.sweep import seed_keys
 
 SIZES = {
@@ -166,9 +168,8 @@ def greedy_trial_returns(trainer: Any, states: Any, num_episodes: int) -> np.nda
     return np.asarray(jax.jit(jax.vmap(one_seed))(states, keys), np.float64)
 
 
-def returns(tasks: list[str], models: list[str], seeds: int, steps: int, path: Path, machine: dict) -> list[dict]:
-    """Trains every (task, model) and writes `path` after each, keeping other (task, model) rows already there."""
-    rows = []
+def returns(tasks: list[str], models: list[str], seeds: int, steps: int, results: ResultsFile) -> None:
+    """Trains every (task, model) and records it in `results` at once (other pairs already there are kept)."""
     for env_id in tasks:
         for model in models:
             config = Config(env_id=env_id, total_timesteps=steps, sequence_model=model, **RETURN_MODEL)
@@ -176,47 +177,22 @@ def returns(tasks: list[str], models: list[str], seeds: int, steps: int, path: P
             start = time.perf_counter()
             states, metrics = jax.jit(jax.vmap(trainer, in_axes=(0, None)))(seed_keys(0, seeds), RETURN_TASKS[env_id])
             final = np.asarray(metrics["episode_return"][:, -1], np.float64)
-            rows.append({"env_id": env_id, "sequence_model": model, "env_steps": steps, "seeds": seeds,
-                         "final_return_per_seed": final.tolist(), "mean": float(final.mean()),
-                         "min": float(final.min()), "wall_s": time.perf_counter() - start})
+            details = {"env_steps": steps, "mean": float(final.mean()), "min": float(final.min()),
+                       "wall_s": time.perf_counter() - start}
             if env_id.startswith("meta/"):
                 per_trial = greedy_trial_returns(trainer, states, TRIAL_EPISODES)
-                rows[-1]["greedy_trial_returns_per_seed"] = np.round(per_trial, 2).tolist()
-                rows[-1]["greedy_trial_returns_mean"] = np.round(per_trial.mean(0), 2).tolist()
-            print(rows[-1], flush=True)
-            write_returns(path, rows, machine)
-    return rows
+                details["greedy_trial_returns_per_seed"] = np.round(per_trial, 2).tolist()
+                details["greedy_trial_returns_mean"] = np.round(per_trial.mean(0), 2).tolist()
+            print(env_id, model, final.tolist(), details, flush=True)
+            results.record(model, env_id, scores=final.tolist(), details=details)
 
 
-def write_returns(path: Path, rows: list[dict], machine: dict) -> None:
-    """`rows` plus the rows of other (task, model) pairs already in `path`; each row records its budget."""
-    ran = {(row["env_id"], row["sequence_model"]) for row in rows}
-    kept = [row for row in json.loads(path.read_text())["results"]
-            if (row["env_id"], row["sequence_model"]) not in ran] if path.exists() else []
-    payload = {"machine": machine, "settings": {"model": RETURN_MODEL, "hparams": {
-        k: {f: float(getattr(v, f)) for f in ("lr", "gamma", "gae_lambda")} for k, v in RETURN_TASKS.items()}},
-        "results": kept + rows}
-    path.write_text(json.dumps(payload, indent=2))
-
-
-def returns_table(path: Path) -> str:
-    """Markdown: one row per task, IQM [95% CI] over seeds of each model's final return (`rlzoo.report`)."""
-    rows = json.loads(path.read_text())["results"]
-    models = list(dict.fromkeys(row["sequence_model"] for row in rows))
-    tasks = list(dict.fromkeys(row["env_id"] for row in rows))
-    cells = {(row["env_id"], row["sequence_model"]): row for row in rows}
-    lines = ["| task | steps | seeds | " + " | ".join(models) + " |", "|---" * (len(models) + 3) + "|"]
-    for task in tasks:
-        first = next(cells[task, m] for m in models if (task, m) in cells)
-        entries = []
-        for model in models:
-            if (task, model) not in cells:
-                entries.append("")
-                continue
-            point, low, high = aggregate_intervals(np.asarray(cells[task, model]["final_return_per_seed"])[:, None])["iqm"]
-            entries.append(f"{point:.2f} [{low:.2f}, {high:.2f}]")
-        lines.append(f"| {task} | {first['env_steps']:.0e} | {first['seeds']} | " + " | ".join(entries) + " |")
-    return "\n".join(lines)
+def returns_table(results: ResultsFile) -> str:
+    """Markdown: one row per task, IQM [95% CI] over seeds of each model's final return (`rlzoo.stats`)."""
+    data = results.read()
+    row_names = {task: f"{task} ({details['env_steps']:.0e} steps)" for per_task in data.get("details", {}).values()
+                 for task, details in per_task.items()}
+    return score_table(data.get("scores", {}), f"task ({data.get('seeds')} seeds)", 2, row_names)
 
 
 def main() -> None:
@@ -239,7 +215,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part == "table":
-        print(returns_table(args.out / "returns.json"))
+        print(returns_table(ResultsFile(args.out / "returns.json", {"seeds": args.seeds})))
         return
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
@@ -252,7 +228,10 @@ def main() -> None:
                    "results": rows}
         (args.out / args.speed_file).write_text(json.dumps(payload, indent=2))
     if args.part in ("returns", "all"):
-        returns(args.tasks, args.models, args.seeds, args.steps, args.out / "returns.json", machine)
+        results = ResultsFile(args.out / "returns.json", {"seeds": args.seeds})
+        results.update(settings={"model": RETURN_MODEL, "hparams": {
+            task: {f: float(getattr(hp, f)) for f in ("lr", "gamma", "gae_lambda")} for task, hp in RETURN_TASKS.items()}})
+        returns(args.tasks, args.models, args.seeds, args.steps, results)
 
 if __name__ == "__main__":
     main()

@@ -22,16 +22,15 @@ same number of env steps (the vmapped update scanned in 25 equal chunks), and
   whole buffer x 4 envs), and the training metric `latent_srank` (the same
   measure on each 64-sample batch) averaged over the last 1% of updates.
 
-Writes `scores.json`, one report per distractor count and one over both
-(`rlzoo.report`: IQM, mean and median with stratified-bootstrap 95% CIs,
-probability of improvement, performance profiles), and `curves.png` (training
-episode return and batch srank against env steps, mean over seeds).
+Writes `scores.json` (`benchmarks/harness.py`'s results file: `scores` holds the
+per-seed score, `details` the rest), one report per distractor count and one over
+both (`rlzoo.report`), and `curves.png` (training episode return and batch srank
+against env steps, mean over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -44,9 +43,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rlzoo.benchmarks.harness import ResultsFile, write_reports  # noqa: E402
+
 from rlzoo.algorithms import zp  # noqa: E402
 from rlzoo.evaluate import greedy_member_evaluator  # noqa: E402
-from rlzoo.report import write_report  # noqa: E402
 from rlzoo.stats import bootstrap_ci, iqm  # noqa: E402
 from rlzoo.sweep import seed_keys  # noqa: E402
 
@@ -111,11 +111,6 @@ def window_mean(values: np.ndarray, points: int = 100) -> np.ndarray:
     return np.nanmean(values[..., :usable].reshape(*values.shape[:-1], points, -1), axis=-1)
 
 
-def write_scores(path: Path, args: argparse.Namespace, tasks: list[str], results: dict) -> None:
-    path.write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "tasks": tasks, "results": results,
-                                "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}, indent=2) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--distractors", type=int, nargs="+", default=[16, 64])
@@ -127,7 +122,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     tasks = [f"CartPole-v1+distractors{n}" for n in args.distractors]
-    results: dict[str, dict[str, dict]] = {name: {} for name in VARIANTS}
+    results = ResultsFile(out / "scores.json", {"steps": args.steps, "seeds": args.seeds})
     fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 6.5), squeeze=False)
     for column, (num_distractors, task) in enumerate(zip(args.distractors, tasks)):
         for index, name in enumerate(VARIANTS):
@@ -140,8 +135,7 @@ def main() -> None:
             sranks = replay_srank(config, state)
             batch_srank = np.asarray(metrics["latent_srank"], np.float64)
             tail = max(1, batch_srank.shape[1] // 100)
-            results[name][task] = {
-                "greedy_return": np.round(scores, 2).tolist(),
+            details = {
                 "greedy_return_final": np.round(evaluations[-1], 2).tolist(),
                 "greedy_return_best_of_5": np.round(evaluations.max(axis=0), 2).tolist(),
                 "replay_srank": sranks.tolist(),
@@ -155,7 +149,7 @@ def main() -> None:
                 returns = window_mean(np.nanmean(np.asarray(metrics["episode_return"]), axis=0))
             axes[0, column].plot(env_steps, returns, f"C{index}", label=name)
             axes[1, column].plot(env_steps, window_mean(batch_srank.mean(axis=0)), f"C{index}", label=name)
-            write_scores(out / "scores.json", args, tasks, results)  # after every program, so a cut run keeps them
+            results.record(name, task, scores=np.round(scores, 2).tolist(), details=details)  # a cut run keeps it
             low, high = bootstrap_ci(scores, iqm)
             print(f"{task} {name}: greedy IQM {iqm(scores):.1f} [{low:.1f}, {high:.1f}] "
                   f"(seeds {np.round(scores, 1).tolist()}; final {np.round(evaluations[-1], 1).tolist()}), "
@@ -169,14 +163,9 @@ def main() -> None:
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
 
-    for task in tasks:
-        per_label = {name: np.asarray(per_task[task]["greedy_return"])[:, None] for name, per_task in results.items()}
-        write_report(per_label, out / f"report_{task}", tasks=[task])
-        print((out / f"report_{task}" / "report.md").read_text())
-    if len(tasks) > 1:  # the same return scale on every task, so pooling them is meaningful
-        per_label = {name: np.stack([per_task[t]["greedy_return"] for t in tasks], axis=1)
-                     for name, per_task in results.items()}
-        write_report(per_label, out / "report_all", tasks=tasks)
+    # One report per task, and one over all: the return scale is the same on every task, so pooling is meaningful.
+    write_reports(out, results.scores(), {**{task: [task] for task in tasks}, **({"all": tasks} if len(tasks) > 1
+                                                                                 else {})})
 
 
 if __name__ == "__main__":

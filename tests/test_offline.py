@@ -119,13 +119,8 @@ def test_the_expectile_loss_is_minimised_by_the_expectile():
 def test_the_benchmark_trains_seeds_in_groups_as_it_does_in_one_vmap(pendulum_offline, capsys):
     """bench_offline's --seeds-per-program runs the same seeds' keys through a smaller program, one group after
     another: the trained parameters match the all-seeds vmap (up to float reassociation)."""
-    import importlib.util
-    from pathlib import Path
+    from rlzoo.benchmarks import bench_offline as bench
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_offline.py"
-    spec = importlib.util.spec_from_file_location("bench_offline", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     trainer = bc.make_train(bc.Config(dataset=pendulum_offline.written["medium"]["path"], total_updates=40,
                                       steps_per_update=20, episodes_per_eval=0))
     together = bench.train_members(trainer, bc.HParams(), 4, 40, 20)[0]
