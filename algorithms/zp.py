@@ -220,8 +220,7 @@ def make_train(config: Config) -> Trainer:
                                update_index=update_index)
         return state, metrics
 
-    return Trainer(init, update, num_updates, config.steps_per_update, value_based.evaluation_policy(act),
-                   vec_env.env)
+    return value_based.make_trainer(config, vec_env, init, update, act)
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ writes each step into the replay buffer held in the training state. This module
 holds the static replay settings (`ReplayConfig`), the traced numbers every such
 learner has (`EpsilonGreedyHParams`), the linear epsilon schedule, the
 epsilon-greedy choice, the optimiser (Adam after global-norm clipping), the
-training state, and the evaluation policy (greedy, or epsilon = 0.05 as in Mnih
-et al., 2015).
+training state, and `make_trainer`, whose evaluation policy is greedy, or
+epsilon-greedy with epsilon = 0.05 (Mnih et al., 2015).
 
 Not here: networks, losses and target updates; they make each algorithm what it
 is, so they stay in its file.
@@ -32,7 +32,7 @@ from flax import struct
 from rlzoo import replay
 from rlzoo.env_adapter import VecEnv, VecEnvState
 from rlzoo.networks import ACTIVATIONS
-from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, check
+from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 
 EVALUATION_EPSILON = 0.05
 """Epsilon of the non-greedy evaluation policy."""
@@ -185,7 +185,8 @@ def collect(vec_env: VecEnv, act: Act, state: Any, key: jax.Array, eps: jax.Arra
     return jax.lax.scan(env_step, state, jax.random.split(key, num_steps))[0]
 
 
-def evaluation_policy(act: Act) -> Callable[[Any, jax.Array, jax.Array, bool], jax.Array]:
-    """The `Trainer.act` of an epsilon-greedy learner: greedy, or epsilon = `EVALUATION_EPSILON`."""
-    return lambda state, key, obs, greedy: (act(state, key, obs, True) if greedy
-                                            else act(state, key, obs, False, EVALUATION_EPSILON))
+def make_trainer(config: ReplayConfig, vec_env: VecEnv, init: Callable, update: Callable, act: Act) -> Trainer:
+    """The `Trainer` of an epsilon-greedy learner; it evaluates greedily, or with epsilon = `EVALUATION_EPSILON`."""
+    evaluation_policy = lambda state, key, obs, greedy: (act(state, key, obs, True) if greedy  # noqa: E731
+                                                         else act(state, key, obs, False, EVALUATION_EPSILON))
+    return Trainer(init, update, config.num_updates, config.steps_per_update, evaluation_policy, vec_env.env)
