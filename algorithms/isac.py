@@ -32,6 +32,7 @@ i-QN's (`rlzoo.iterated`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -124,7 +125,7 @@ def make_train(config: Config) -> Trainer:
         config, vec_env, init_learner,
         explore=lambda learner, key, obs, hp: sac.sample_action(actor, learner.actor_params, obs, key)[0],
         gradient_step=gradient_step,
-        act=lambda learner, key, obs, greedy: sac.act(actor, learner, key, obs, greedy))
+        act=functools.partial(sac.act, actor))
 
 
 def main() -> None:

@@ -223,7 +223,7 @@ def make_train(config: Config) -> Trainer:
         advantage, target = gae(rollout.reward, rollout.value, rollout.next_value, rollout.terminated,
                                 rollout.truncated, hp.gamma, hp.gae_lambda)
         batch = ppo.Batch(SequenceInputs(initial_carry, rollout.obs, rollout.reset), rollout.action,
-                      rollout.log_prob, rollout.value, advantage, target)
+                          rollout.log_prob, rollout.value, advantage, target)
         (params, opt_state, _), stats = jax.lax.scan(
             lambda carry, k: update_epoch(carry, k, batch),
             (state.params, state.opt_state, hp), jax.random.split(epoch_key, config.num_epochs))

@@ -31,6 +31,7 @@ loop, replay and minibatches are those of every off-policy actor-critic
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar, NamedTuple
 
 import chex
@@ -187,12 +188,9 @@ def make_train(config: Config) -> Trainer:
         return learner, {"critic_loss": q_loss, "q_mean": q_mean, **stats}
 
     return off_policy.make_trainer(
-        config, vec_env,
-        init_learner=lambda actor_key, critic_key, obs, hp: init_learner(config, actor, critic, actor_key,
-                                                                          critic_key, obs, hp),
+        config, vec_env, init_learner=functools.partial(init_learner, config, actor, critic),
         explore=lambda learner, key, obs, hp: sample_action(actor, learner.actor_params, obs, key)[0],
-        gradient_step=gradient_step,
-        act=lambda learner, key, obs, greedy: act(actor, learner, key, obs, greedy))
+        gradient_step=gradient_step, act=functools.partial(act, actor))
 
 
 def main() -> None:
