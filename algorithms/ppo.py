@@ -202,9 +202,8 @@ def make_train(config: Config) -> Trainer:
 
     def update_minibatch(carry, batch: Batch):
         params, opt_state, hp = carry
-        params, opt_state, (_, stats) = optimizer_step(
-            make_optimizer(config, hp), lambda p: ppo_loss(network.apply, p, batch, hp, config.clip_value_loss),
-            params, opt_state)
+        loss_fn = lambda p: ppo_loss(network.apply, p, batch, hp, config.clip_value_loss)  # noqa: E731
+        params, opt_state, (_, stats) = optimizer_step(make_optimizer(config, hp), loss_fn, params, opt_state)
         return (params, opt_state, hp), stats
 
     def update_epoch(carry, key: jax.Array, batch: Batch):
