@@ -42,6 +42,7 @@ from flax import struct
 
 from rlzoo import iterated, off_policy, replay
 from rlzoo.algorithms import sac
+from rlzoo.envs import make_env
 from rlzoo.networks import SquashedGaussianActor, TwinCritic
 from rlzoo.off_policy import twin_critic_loss
 from rlzoo.trainer import Range, Trainer, check
@@ -86,7 +87,7 @@ def iterated_critic_loss(critic, params, obs: jax.Array, action: jax.Array, targ
 
 
 def make_train(config: Config) -> Trainer:
-    vec_env = sac.make_vec_env(config)
+    vec_env = off_policy.make_vec_env(config, make_env)
     actor = SquashedGaussianActor(vec_env.spec.num_actions, config.hidden_sizes, config.activation)
     critic = TwinCritic(config.hidden_sizes, config.activation)
     num_heads = config.num_heads

@@ -41,7 +41,6 @@ import optax
 from flax import struct
 
 from rlzoo import off_policy, replay
-from rlzoo.env_adapter import VecEnv
 from rlzoo.envs import make_env
 from rlzoo.networks import SquashedGaussianActor, TwinCritic, squashed_gaussian
 from rlzoo.off_policy import OffPolicyConfig, twin_critic_loss
@@ -124,11 +123,6 @@ class Learner(NamedTuple):
     gradient_steps: jax.Array
 
 
-def make_vec_env(config: OffPolicyConfig) -> VecEnv:
-    env = make_env(config.env_id, backend=config.brax_backend)
-    return VecEnv(off_policy.check_continuous(env, config.env_id), config.num_envs)
-
-
 def init_learner(config: Config, actor: SquashedGaussianActor, critic: TwinCritic, actor_key: jax.Array,
                  critic_key: jax.Array, obs: jax.Array, hp: HParams) -> Learner:
     """Actor, twin critics (targets = online), log alpha and their Adam states."""
@@ -164,7 +158,7 @@ def improve_policy(config: Config, actor: SquashedGaussianActor, learner: Learne
 
 
 def make_train(config: Config) -> Trainer:
-    vec_env = make_vec_env(config)
+    vec_env = off_policy.make_vec_env(config, make_env)
     actor = SquashedGaussianActor(vec_env.spec.num_actions, config.hidden_sizes, config.activation)
     critic = TwinCritic(config.hidden_sizes, config.activation)
 

@@ -31,7 +31,6 @@ import optax
 from flax import struct
 
 from rlzoo import off_policy, replay
-from rlzoo.env_adapter import VecEnv
 from rlzoo.envs import make_env
 from rlzoo.networks import DeterministicActor, TwinCritic
 from rlzoo.off_policy import OffPolicyConfig, twin_critic_loss
@@ -103,9 +102,8 @@ def deterministic_policy_loss(actor: DeterministicActor, actor_params, q_fn, obs
 
 
 def make_train(config: Config) -> Trainer:
-    env = off_policy.check_continuous(make_env(config.env_id, backend=config.brax_backend), config.env_id)
-    vec_env = VecEnv(env, config.num_envs)
-    actor = DeterministicActor(env.spec.num_actions, config.hidden_sizes, config.activation)
+    vec_env = off_policy.make_vec_env(config, make_env)
+    actor = DeterministicActor(vec_env.spec.num_actions, config.hidden_sizes, config.activation)
     critic = TwinCritic(config.hidden_sizes, config.activation)
 
     def init_learner(actor_key: jax.Array, critic_key: jax.Array, obs: jax.Array, hp: HParams) -> Learner:

@@ -1,5 +1,5 @@
 """Work that combines algorithms: offline dataset generation and the random-walk TD(lambda) study.
 
-The top layer beside `benchmarks/`: it may import `rlzoo.algorithms`, `rlzoo.envs` and the core,
-and nothing below it imports it.
+The layer above `rlzoo.algorithms` and below `rlzoo.benchmarks`: it may import the algorithms,
+`rlzoo.envs` and the core, and no layer below it imports it.
 """

@@ -104,10 +104,12 @@ class TrainState(NamedTuple):
     update_index: jax.Array
 
 
-def check_continuous(env: Any, env_id: str) -> Any:
-    """The env, if its actions are continuous; else an error naming the id."""
-    check(not env.spec.discrete, "env_id", env_id, "SAC, TD3 and i-SAC need continuous actions")
-    return env
+def make_vec_env(config: OffPolicyConfig, make_env: Callable[..., Any]) -> VecEnv:
+    """`num_envs` copies of `make_env(env_id, backend=...)` (the resolver `rlzoo.envs.make_env`), if its
+    actions are continuous; else an error naming the id."""
+    env = make_env(config.env_id, backend=config.brax_backend)
+    check(not env.spec.discrete, "env_id", config.env_id, "SAC, TD3 and i-SAC need continuous actions")
+    return VecEnv(env, config.num_envs)
 
 
 def to_env_action(spec: EnvSpec, action: jax.Array) -> jax.Array:
