@@ -12,11 +12,13 @@ Not here: anything that learns (`rlzoo.algorithms`) or combines algorithms
 
 from rlzoo import env_adapter
 from rlzoo.envs.memory import registry as memory_registry
+from rlzoo.envs.probes import registry as probe_registry
 from rlzoo.envs.random_walk import RandomWalk
 
 REGISTRY = {
     "RandomWalk19-v0": lambda: RandomWalk(19),
     **memory_registry(),  # POPGym memory tasks: RepeatPrevious-Easy, StatelessCartPole-Hard, ...
+    **probe_registry(),  # two-state tasks with closed-form values: ProbeTerminate-v0, ProbeTruncateContinuous-v0, ...
 }
 META_PREFIX = "meta/"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import rlzoo  # noqa: F401  (sets the XLA CPU flag before JAX starts its backend)
 import jax
 
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".jax_cache"
+# RLZOO_TEST_JAX_CACHE: another cache folder, e.g. the source tree's when tests/mutations.py runs a scratch copy.
+CACHE_DIR = Path(os.environ.get("RLZOO_TEST_JAX_CACHE", Path(__file__).resolve().parent.parent / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE_DIR))  # for subprocesses
@@ -45,12 +46,7 @@ def sweep_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pendulum_offline(tmp_path_factory):
-    """Pendulum-v1 offline datasets, all five tiers of 20,000 transitions, from a small PPO run (built once).
-
-    `generate_s` times `rlzoo.experiments.offline_datasets.generate` alone: compiling and running the
-    recorders and writing the five files, not the behaviour training before it.
-    """
-    import time
+    """Pendulum-v1 offline datasets, all five tiers of 20,000 transitions, from a small PPO run (built once)."""
     from types import SimpleNamespace
 
     from rlzoo.experiments import offline_datasets as offline
@@ -58,7 +54,5 @@ def pendulum_offline(tmp_path_factory):
     config = offline.GenerateConfig(out=str(tmp_path_factory.mktemp("datasets")), tier_size=20_000, num_envs=100,
                                     behaviour_timesteps=65_536, num_snapshots=17)
     behaviour = offline.train_behaviour(config)
-    start = time.perf_counter()
     written = offline.generate(config, behaviour)
-    return SimpleNamespace(config=config, behaviour=behaviour, written=written,
-                           generate_s=time.perf_counter() - start)
+    return SimpleNamespace(config=config, behaviour=behaviour, written=written)
