@@ -15,6 +15,14 @@ A change that is meant to move a number (fusing two calls changes float order,
 for example) says which and why in its commit, and regenerates on purpose:
 
     RLZOO_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
+
+Bit for bit holds only on the kind of CPU the file was recorded on: XLA compiles
+for the host's vector instructions, so another CPU rounds differently (recorded on
+an Intel Xeon, the same runs on an AMD EPYC with AVX2 differed by at most 6e-6
+relative in every metric, 1e-3 in PPO's policy losses, which sit near 0). The file
+records its machine (`numerics_fingerprint`). On another machine the metrics are
+compared within `RTOL`/`ATOL`, which any change of a formula, of a seed or of the
+order of random draws breaks, the state digest is skipped, and the test says so.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import hashlib
 import importlib
 import json
 import os
+import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +43,8 @@ import pytest
 
 GOLDEN_FILE = Path(__file__).parent / "golden" / "outputs.json"
 REGENERATE = os.environ.get("RLZOO_REGENERATE_GOLDEN") == "1"
+MACHINE_KEY = "_recorded_on"
+RTOL, ATOL = 1e-4, 1e-5  # off the recording machine only; measured cross-CPU differences are below 1e-5 absolute
 
 TINY_REPLAY = dict(total_timesteps=64, num_envs=4, buffer_size=64, batch_size=8, learning_starts=32)
 TINY_OFF_POLICY = dict(total_timesteps=48, num_envs=4, buffer_size=64, batch_size=8, learning_starts=24,
@@ -127,6 +139,22 @@ def load_golden() -> dict[str, Any]:
     return json.loads(GOLDEN_FILE.read_text()) if GOLDEN_FILE.exists() else {}
 
 
+def cpu_flags() -> set[str]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+
+
+def numerics_fingerprint() -> str:
+    """What decides XLA's float rounding here: jax version, backend, CPU architecture, vendor and vector width."""
+    flags = cpu_flags()
+    width = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "baseline"
+    vendor = "amd" if "AuthenticAMD" in Path("/proc/cpuinfo").read_text(errors="ignore") else "intel-or-other"
+    return f"jax {jax.__version__} {jax.default_backend()} {platform.machine()} {vendor} {width}"
+
+
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("golden")
@@ -138,6 +166,7 @@ def test_algorithm_numbers_match_the_golden_run(name, dataset_dir):
     if REGENERATE:
         golden = load_golden()
         golden[name] = result
+        golden[MACHINE_KEY] = numerics_fingerprint()
         GOLDEN_FILE.parent.mkdir(exist_ok=True)
         GOLDEN_FILE.write_text(json.dumps(dict(sorted(golden.items())), indent=1) + "\n")
         pytest.skip("regenerated")
@@ -146,12 +175,19 @@ def test_algorithm_numbers_match_the_golden_run(name, dataset_dir):
     expected = golden[name]
     assert result["num_updates"] == expected["num_updates"]
     assert sorted(result["metrics"]) == sorted(expected["metrics"]), "metric names changed"
+    exact = golden.get(MACHINE_KEY) == numerics_fingerprint()
     for metric, values in expected["metrics"].items():
         got = np.asarray(result["metrics"][metric])
         want = np.asarray(values)
-        same = np.array_equal(got, want, equal_nan=True)
+        same = (np.array_equal(got, want, equal_nan=True) if exact
+                else np.allclose(got, want, rtol=RTOL, atol=ATOL, equal_nan=True))
         assert same, f"{name}: metric {metric!r} moved; max |diff| {np.nanmax(np.abs(got - want)):.3g}"
-    assert result["state_digest"] == expected["state_digest"], f"{name}: final training state changed"
+    if exact:
+        assert result["state_digest"] == expected["state_digest"], f"{name}: final training state changed"
+    else:
+        warnings.warn(f"golden outputs were recorded on {golden.get(MACHINE_KEY)!r}, this is "
+                      f"{numerics_fingerprint()!r}: metrics compared within rtol {RTOL}, atol {ATOL}; "
+                      f"state digest not compared")
 
 
 def test_state_digest_ignores_layout_but_not_values():
