@@ -41,8 +41,11 @@ class Mutation:
     path: str  # relative to the repository root
     old: str  # must occur exactly once in `path`
     new: str
-    tests: tuple[str, ...]  # test files (cheapest first: pytest stops at the first failure)
+    tests: tuple[str, ...]  # test files or node ids (cheapest first: pytest stops at the first failure)
 
+
+PPO_PROBES = "tests/test_ppo.py::test_ppo_learns_the_closed_form_values_of_the_probe_envs"
+DQN_PROBES = "tests/test_dqn.py::test_dqn_learns_the_closed_form_values_of_the_probe_envs"
 
 MUTATIONS = (
     # ---- a sign flip in each loss
@@ -99,7 +102,7 @@ MUTATIONS = (
              "return batch, gamma * jnp.ones_like(batch.reward)", ("tests/test_offpolicy_losses.py",)),
     Mutation("gae-ignores-termination", "PPO's advantages bootstrap through terminal states", "rlzoo/returns.py",
              "deltas = rewards + gamma * (1.0 - term) * next_values - values",
-             "deltas = rewards + gamma * next_values - values", ("tests/test_returns.py", "tests/test_ppo_loss.py")),
+             "deltas = rewards + gamma * next_values - values", ("tests/test_returns.py", PPO_PROBES)),
     Mutation("iql-discount-ignores-termination", "IQL's critic bootstraps through terminal states", "algorithms/iql.py",
              "target = reward_scale * batch.rewards + hp.gamma * (1.0 - batch.terminals) * next_v",
              "target = reward_scale * batch.rewards + hp.gamma * next_v", ("tests/test_offline_losses.py",)),
@@ -118,15 +121,15 @@ MUTATIONS = (
              "rlzoo/env_adapter.py",
              "return new, TimeStep(obs, reward, terminated, truncated, final_obs, episode_return, episode_length)",
              "return new, TimeStep(obs, reward, terminated | truncated, truncated, final_obs, episode_return, "
-             "episode_length)", ("tests/test_offpolicy_losses.py", "tests/test_dqn_loss.py", "tests/test_ppo_loss.py")),
+             "episode_length)", ("tests/test_offpolicy_losses.py", DQN_PROBES, PPO_PROBES)),
     Mutation("replay-stores-reset-obs", "replay learners bootstrap from the next episode's first observation",
              "rlzoo/replay.py",
              "transition = Transition(state.obs, action, step.reward, step.terminated, step.truncated, step.final_obs)",
              "transition = Transition(state.obs, action, step.reward, step.terminated, step.truncated, step.obs)",
-             ("tests/test_offpolicy_losses.py", "tests/test_dqn_loss.py")),
+             ("tests/test_offpolicy_losses.py", DQN_PROBES)),
     Mutation("ppo-bootstraps-reset-obs", "PPO values a truncated episode's end by the next episode's start",
              "algorithms/ppo.py", "ts.terminated, ts.truncated, ts.final_obs)", "ts.terminated, ts.truncated, ts.obs)",
-             ("tests/test_ppo_loss.py",)),
+             (PPO_PROBES,)),
     # ---- target updates turned off
     Mutation("polyak-off", "no target network ever moves (Polyak and hard copies)", "rlzoo/updates.py",
              "return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)",
@@ -135,6 +138,41 @@ MUTATIONS = (
     Mutation("dqn-target-never-due", "DQN's periodic target refresh never happens", "rlzoo/updates.py",
              "return step % jnp.asarray(period).astype(jnp.int32) == 0",
              "return step % jnp.asarray(period).astype(jnp.int32) == -1", ("tests/test_dqn_loss.py",)),
+    Mutation("nstep-discount-ignores-termination", "DQN-family n-step targets bootstrap through terminal states",
+             "rlzoo/returns.py", "gamma_k * (1.0 - (jnp.asarray(terminated[k]) != 0).astype(dtype))",
+             "gamma_k * jnp.ones_like(returns)", ("tests/test_returns.py", DQN_PROBES)),
+    # ---- beyond the issue's list: other plausible one-line bugs, each in a different part of a learner
+    Mutation("ppo-no-ratio-clip", "PPO's surrogate loses its clip", "algorithms/ppo.py",
+             "jnp.clip(ratio, 1 - hp.clip_eps, 1 + hp.clip_eps) * advantage).mean()",
+             "ratio * advantage).mean()", ("tests/test_ppo_loss.py",)),
+    Mutation("ppo-value-clip-min", "PPO's clipped value loss takes the smaller error", "algorithms/ppo.py",
+             "value_error = jnp.maximum(value_error, jnp.square(clipped - batch.target))",
+             "value_error = jnp.minimum(value_error, jnp.square(clipped - batch.target))", ("tests/test_ppo_loss.py",)),
+    Mutation("double-dqn-off", "--double silently selects a' with the target network", "algorithms/dqn.py",
+             "selector = network.apply(params, next_obs) if config.double else next_target_out",
+             "selector = next_target_out", ("tests/test_dqn_loss.py",)),
+    Mutation("dueling-no-mean", "the dueling head forgets to centre the advantages", "rlzoo/networks.py",
+             "return value + advantage - advantage.mean(axis=action_axis, keepdims=True)",
+             "return value + advantage", ("tests/test_dqn_loss.py",)),
+    Mutation("iqn-targets-from-online", "i-QN bootstraps from its online networks", "algorithms/iqn.py",
+             "next_q_bar = iterations.target_q(target_params, next_obs)",
+             "next_q_bar = iterations.target_q(params, next_obs)", ("tests/test_iqn.py",)),
+    Mutation("td3-smoothing-unclipped", "TD3's smoothed target action leaves [-1, 1]", "algorithms/td3.py",
+             "return jnp.clip(target_action + noise, -1.0, 1.0)", "return target_action + noise",
+             ("tests/test_offpolicy_losses.py",)),
+    Mutation("isac-heads-share-one-target", "i-SAC regresses every pair on the target of pair 0", "algorithms/isac.py",
+             "targets = jax.vmap(lambda q: sac.soft_q_target(batch.reward, discount, q, next_log_prob, alpha))(next_q)",
+             "targets = jax.vmap(lambda q: sac.soft_q_target(batch.reward, discount, next_q[0], next_log_prob, "
+             "alpha))(next_q)", ("tests/test_offpolicy_losses.py",)),
+    Mutation("iql-weights-unclipped", "IQL's advantage weights lose their clip", "algorithms/iql.py",
+             "jnp.minimum(jnp.exp(hp.beta * (target_q - v)), hp.max_weight)", "jnp.exp(hp.beta * (target_q - v))",
+             ("tests/test_offline_losses.py",)),
+    Mutation("td3bc-lambda-signed-q", "TD3+BC normalises by mean Q instead of mean |Q|", "algorithms/td3_bc.py",
+             "hp.alpha / jnp.abs(q).mean()", "hp.alpha / q.mean()", ("tests/test_offline_losses.py",)),
+    Mutation("cql-temperature-sign", "CQL's SAC temperature moves away from the target entropy", "algorithms/cql.py",
+             "alpha_loss = -(log_alpha * jax.lax.stop_gradient(log_prob + target_entropy)).mean()",
+             "alpha_loss = (log_alpha * jax.lax.stop_gradient(log_prob + target_entropy)).mean()",
+             ("tests/test_offline_losses.py",)),
     # ---- the offline learners' own switches
     Mutation("td3bc-alpha-zero", "TD3+BC's Q term vanishes (pure behaviour cloning)", "algorithms/td3_bc.py",
              "lam = jax.lax.stop_gradient(hp.alpha / jnp.abs(q).mean())",

@@ -78,8 +78,10 @@ def kill_resume_and_compare(algo, run, args, reference, tmp_path, updates_per_ch
     assert not (killed / "summary.json").exists()
 
     summary = run(["--resume", str(killed), "--no-progress"])
-    # The last save may not have reached the disk: then the one before it is resumed from.
-    assert summary["resumed_from_update"] in (updates_per_chunk * (kill_after - 1), updates_per_chunk * kill_after)
+    # The saves still in flight may not have reached the disk: then an earlier one is resumed from (seen: DQN
+    # killed after its third save resumed from its first). Which one does not matter; that the end is the same does.
+    saved = [updates_per_chunk * k for k in range(1, kill_after + 1)]
+    assert summary["resumed_from_update"] in saved, (summary["resumed_from_update"], saved)
     assert_same_leaves(final_params(killed, final_step), final_params(reference, final_step))
     assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 

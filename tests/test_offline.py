@@ -32,6 +32,9 @@ def bc_and_iql_on_pendulum_medium(pendulum_offline):
 
 @pytest.mark.slow
 def test_iql_beats_bc_on_pendulum_medium_on_each_of_two_seeds(bc_and_iql_on_pendulum_medium, pendulum_offline):
+    """IQL scores more than BC on each seed (same data, budget, seeds). References: random actions 0 (rolled out
+    independently in test_offline_baselines.py), untrained actors -61 to -15 (IQL) and -72 to -44 (BC) on 4 seeds
+    at 2x64, the data's own policy about 49, BC 41-48, IQL about 119. Catches an IQL no better than cloning."""
     bc_score = bc_and_iql_on_pendulum_medium["bc"]["normalized_score"][:, -1]
     iql_score = bc_and_iql_on_pendulum_medium["iql"]["normalized_score"][:, -1]
     medium = pendulum_offline.written["medium"]
@@ -42,6 +45,8 @@ def test_iql_beats_bc_on_pendulum_medium_on_each_of_two_seeds(bc_and_iql_on_pend
 
 @pytest.mark.slow
 def test_bc_imitates_the_medium_policy_well_above_random(bc_and_iql_on_pendulum_medium):
+    """BC scores > 20 on each seed and its loss falls. References: random actions 0, an untrained actor -72 to -44
+    (4 seeds, 2x64), the data's own policy about 49. Catches a BC that does not fit the data's actions."""
     bc_metrics = bc_and_iql_on_pendulum_medium["bc"]
     assert (bc_metrics["normalized_score"][:, -1] > 20.0).all(), bc_metrics["normalized_score"]
     assert (bc_metrics["actor_loss"][:, -1] < bc_metrics["actor_loss"][:, 0]).all()

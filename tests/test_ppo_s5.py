@@ -53,15 +53,19 @@ def stateless_cartpole():
 def test_s5_learns_repeat_previous_easy_far_beyond_any_memoryless_policy(repeat_previous):
     """Return in [-1, 1]; guessing, the best a memoryless agent can do, expects -0.5.
 
-    Threshold: >= 0.75 on each of 2 seeds within 6e5 steps. Measured (sequential scan):
-    1.00 and 0.96 with lr 5e-3; 0.99 and 0.75 with lr 3e-3. Not every seed is done by
-    then: two further seeds reach 1.00 and 0.44 (lr 5e-3), 0.98 and 0.41 (lr 3e-3).
+    Threshold: >= 0.25 on each of 2 seeds within 6e5 steps, and >= 0.75 on average.
+    Not every seed is done by then, so the per-seed bar is set below the slowest seed
+    measured. Measured (sequential scan) on the test's seeds: 1.00 and 0.96 with lr 5e-3
+    (on an Intel Xeon and on an AMD EPYC alike); 0.99 and 0.75 with lr 3e-3. Two further
+    seeds: 1.00 and 0.44 (lr 5e-3), 0.98 and 0.41 (lr 3e-3). References: guessing -0.5,
+    the untrained agent's first rollout -0.52 and -0.47.
     """
     _, _, metrics = repeat_previous
     final = metrics["episode_return"][:, -1]
     first = metrics["episode_return"][:, 0]
+    print(f"RepeatPrevious-Easy: first {first}, final {final}")
     assert (first < -0.3).all(), first  # it starts at guessing
-    assert (final >= 0.75).all(), final
+    assert (final >= 0.25).all() and final.mean() >= 0.75, final
 
 
 @pytest.mark.slow
@@ -93,10 +97,12 @@ def test_evaluation_carries_the_hidden_state_through_each_episode(repeat_previou
 def test_s5_beats_the_memoryless_agent_on_stateless_cartpole(stateless_cartpole):
     """Mean return over the last 10% of updates, per seed (returns in [0, 1], 1 = 200 steps balanced).
 
-    Measured at 3e5 steps: S5 1.00 on both seeds, memoryless 0.25 (it cannot see velocities).
+    Measured at this budget (2e5 steps): S5 1.00 on both seeds, memoryless 0.27 and 0.25 (it cannot see
+    velocities). References: random actions keep CartPole up about 22 steps (0.11), the memoryless agent above.
     """
     tail = lambda m: m["episode_return"][:, -len(m["episode_return"][0]) // 10:].mean(axis=1)  # noqa: E731
     s5, memoryless = tail(stateless_cartpole["s5"]), tail(stateless_cartpole["none"])
+    print(f"StatelessCartPole-Easy: S5 {s5}, memoryless {memoryless}")
     assert (s5 >= memoryless + 0.3).all(), (s5, memoryless)
     assert (s5 >= 0.6).all(), s5
 
