@@ -89,8 +89,9 @@ def test_the_normalised_score_s_zero_is_uniform_random_actions_rolled_out_indepe
     """The scores below are D4RL-normalised against the dataset's own reference returns, recorded by the same
     generator that made the data. Rolled out here, apart from the generator, 500 episodes of uniform random
     actions score within 10 of 0 (measured -5.1: the dataset's reference is the mean of only 100 episodes, so
-    a few points of noise), so "beats random by 25" means what it says; and the expert reference is far above. Catches a random reference recorded from another policy, a reference from
-    unfinished episodes, and swapped references."""
+    a few points of noise), so "beats random by 25" means what it says; and the expert reference is far above.
+    Catches a random reference recorded from another policy, a reference from unfinished episodes, and swapped
+    references."""
     medium = pendulum_offline.written["medium"]
     random_return = uniform_random_return("Pendulum-v1", 500)
     score = datasets.normalized_score(medium, random_return)
@@ -124,9 +125,10 @@ def test_td3_bc_beats_its_pure_behaviour_cloning_control_on_each_seed(td3_bc_run
     References: random 0, no learning (the untrained actor) -32 to -7 (4 seeds), the control 38-52 at 6,000 steps.
     Measured on 4 seeds (keys of seeds 0 and 1, 2 each), TD3+BC led its control by 3.6-4.8 points (55.0 vs
     51.4, 50.5 vs 45.9, 51.4 vs 47.0, 57.2 vs 52.4) on an Intel Xeon, and by 2.8 and 1.5 (49.7 vs 46.9, 39.8
-    vs 38.3) on an AMD EPYC with the same seeds; the test asks for a lead on each seed and 1.5 on average. This is a small effect: on Pendulum's
-    medium data, which one policy recorded, the Q term adds little to cloning at this budget. Catches a Q term
-    of the wrong sign (the actor would seek low Q, far below BC) and one that does not reach the actor."""
+    vs 38.3) on an AMD EPYC with the same seeds; the test asks for a lead on each seed and 1.5 on average.
+    This is a small effect: on Pendulum's medium data, which one policy recorded, the Q term adds little to
+    cloning at this budget. Catches a Q term of the wrong sign (the actor would seek low Q, far below BC) and
+    one that does not reach the actor."""
     run_dir, summary, rows = td3_bc_run
     td3, control = (final_values(rows, label) for label in RUNS["td3_bc_run"][:2])
     print(f"TD3+BC {td3}, alpha = 0 (pure BC) {control}")
@@ -142,8 +144,8 @@ def test_cql_beats_its_regulariser_off_control_and_holds_a_smaller_gap(cql_run):
     about log(12) + log(4) - 0.3 = 3.9 of offset (measured 3.86-4.02 without the regulariser, 3.61-3.63 with it,
     on 4 seeds; the test asks for a difference of 0.1). Scores, measured: 19-49 with the regulariser, -63 to -18
     without it (worse than random actions' 0: offline SAC exploits the critic's errors off the data), no learning
-    (the untrained actor) -50 to -38. Catches the regulariser's sign flipped (the gap would grow above the control's) and a
-    regulariser that does not reach the critics (the two configurations would tie)."""
+    (the untrained actor) -50 to -38. Catches the regulariser's sign flipped (the gap would grow above the
+    control's) and a regulariser that does not reach the critics (the two configurations would tie)."""
     run_dir, summary, rows = cql_run
     on, off = RUNS["cql_run"][:2]
     gap_on, gap_off = final_values(rows, on, "cql_gap"), final_values(rows, off, "cql_gap")

@@ -252,16 +252,22 @@ def test_td3_bc_critic_target_uses_the_smoothed_target_action_and_the_min_of_the
 def test_td3_bc_actor_loss_is_eq_3_with_lambda_alpha_over_mean_abs_q(alpha):
     """L_pi = -lambda E[Q_1(s, pi(s))] + E[||pi(s) - a||^2], lambda = alpha / E|Q_1(s, pi(s))| (TD3+BC eqs. 3-4,
     as the authors' code, with lambda computed on the policy's actions). alpha = 0 leaves pure behaviour cloning
-    (the learning test's control). Catches the Q term's sign flipped and lambda without the mean |Q|."""
+    (the learning test's control). The critic's output is shifted so that Q_1 takes both signs on the batch.
+    Catches the Q term's sign flipped, lambda without the mean |Q|, and lambda on the mean of signed Q."""
     batch, nets, learner = td3_bc_setup()
     action = nets.actor.apply(learner.actor_params, batch.observations)
+    shift = jnp.median(nets.critic.apply(learner.critic_params, batch.observations, action)[0])
+    learner = learner._replace(critic_params=jax.tree_util.tree_map_with_path(
+        lambda path, x: x - shift if path[-1].key == "bias" and x.shape[-1] == 1 else x, learner.critic_params))
     q1 = f64(nets.critic.apply(learner.critic_params, batch.observations, action))[0]
+    assert (q1 > 0).any() and (q1 < 0).any(), q1
     bc_term = ((f64(action) - f64(batch.actions)) ** 2).sum(-1).mean()
     lam = alpha / np.abs(q1).mean()
     loss, stats = td3_bc.actor_loss(nets, learner.actor_params, learner.critic_params, batch,
                                     td3_bc.HParams(alpha=alpha))
     mistaken = {"Q term's sign flipped": lam * q1.mean() + bc_term,
-                "lambda = alpha": -alpha * q1.mean() + bc_term} if alpha else {}
+                "lambda = alpha": -alpha * q1.mean() + bc_term,
+                "lambda on signed Q": -alpha / q1.mean() * q1.mean() + bc_term} if alpha else {}
     assert_equal_and_not_mistaken(loss, -lam * q1.mean() + bc_term, mistaken)
     np.testing.assert_allclose(stats["lambda"], lam, rtol=1e-5)
     np.testing.assert_allclose(stats["bc_loss"], bc_term, rtol=1e-5)
