@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import checkpoint
+from rlzoo.compile_cache import CacheUse, enable_compile_cache
 from rlzoo.trackers import make_sinks, run_name
 from rlzoo.trainer import ConfigError, Trainer, check, check_hparams
 from rlzoo.evaluate import evaluate_policy_of
@@ -71,6 +72,8 @@ class RunOptions:
     """Extra logging backends beside metrics.csv: tensorboard, wandb (CleanRL-style run names)."""
     wandb_project: str = "rlzoo"
     """Weights & Biases project, with --log wandb (WANDB_MODE=offline works without an account)."""
+    compile_cache: bool = True
+    """Keep compiled programs in a persistent cache (~/.cache/rlzoo/jax; RLZOO_COMPILE_CACHE=0 also turns it off)."""
 
     def __post_init__(self):
         check(self.num_seeds >= 1, "num_seeds", self.num_seeds, "must be >= 1")
@@ -199,8 +202,10 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     keys, member_hparams = shard_members((keys, member_hparams), sharding)
     chunks = plan_chunks(trainer.num_updates, options.num_chunks)
 
+    cache_use = CacheUse()  # the persistent cache's hits and misses of this run's compiles
     compile_start = time.perf_counter()
-    init = jax.jit(trainer.init_members).lower(keys, member_hparams, trainer.data).compile()
+    with cache_use:
+        init = jax.jit(trainer.init_members).lower(keys, member_hparams, trainer.data).compile()
     compile_s = time.perf_counter() - compile_start
     run_start = time.perf_counter()
     state = init(keys, member_hparams, trainer.data)
@@ -211,7 +216,8 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     for size in sorted(set(chunks)):
         compile_start = time.perf_counter()
         run_chunk = lambda s, hp, data, n=size: trainer.run_members(s, hp, n, data)  # noqa: E731
-        compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams, trainer.data).compile()
+        with cache_use:
+            compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams, trainer.data).compile()
         compile_s += time.perf_counter() - compile_start
 
     written_under = describe_run(algo, config, hparams, grid.labels, options)
@@ -219,53 +225,68 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     evaluate_members, eval_csv = None, None
     if trainer.act is not None and options.eval_episodes > 0:
         compile_start = time.perf_counter()
-        evaluate_members = jax.jit(jax.vmap(make_member_evaluation(trainer, options))).lower(state, keys).compile()
+        with cache_use:
+            evaluate_members = jax.jit(jax.vmap(make_member_evaluation(trainer, options))).lower(state,
+                                                                                               keys).compile()
         compile_s += time.perf_counter() - compile_start
         eval_csv = MetricsCSV(run_dir / EVAL_FILE, ["eval_return", "eval_length"], grid.labels, num_seeds)
         best = checkpoint.best_manager(run_dir / CHECKPOINT_DIR / BEST_DIR)
     updates_done = 0
-    metrics_csv = None
     if options.resume and manager.all_steps():
         updates_done, state = checkpoint.restore_latest(manager, state, written_under)
     sinks = make_sinks(options.log, run_dir, run_name(config.env_id, algo, options.seed), grid.labels, num_seeds,
                        describe_run(algo, config, hparams, grid.labels, options), wandb_project=options.wandb_project,
                        purge_step=updates_done * trainer.env_steps_per_update + 1 if updates_done else None)
     bar = ProgressBar(trainer.num_updates * trainer.env_steps_per_update, f"{algo} {config.env_id}", options.progress)
-    steps_this_session = 0
-    last_metrics: dict[str, np.ndarray] = {}
+    steps_this_session, last_metrics, last_eval, metrics_csv = 0, {}, None, None
+
+    def write_chunk_outputs(chunk_start: int, size: int, state: Any, metrics: Any, eval_metrics: Any) -> None:
+        """Chunk outputs: metrics rows, the finiteness check, the checkpoint, evaluation rows, progress."""
+        nonlocal steps_this_session, last_metrics, last_eval, metrics_csv
+        metrics = jax.device_get(metrics)  # waits for this chunk only: the next one is already dispatched
+        if metrics_csv is None:
+            metrics_csv = MetricsCSV(run_dir / METRICS_FILE, list(metrics), grid.labels, num_seeds)
+            for csv_file in (metrics_csv, eval_csv):
+                if csv_file is not None:
+                    csv_file.truncate_after(updates_done)
+        metrics_csv.append(chunk_start - size, metrics)
+        for sink in sinks:
+            sink.write_chunk(chunk_start - size, metrics)
+        check_finite(metrics, chunk_start - size, grid.labels, num_seeds)
+        checkpoint.save(manager, chunk_start, state, written_under)  # asynchronous: orbax writes in the background
+        if eval_metrics is not None:
+            eval_metrics = jax.device_get(eval_metrics)
+            eval_metrics["env_steps"] = metrics["env_steps"][:, -1:]
+            eval_csv.append(chunk_start - 1, eval_metrics)
+            last_eval = eval_metrics["eval_return"][:, -1]
+            checkpoint.save(best, chunk_start, state, written_under,
+                            metrics={"eval_return": float(np.mean(last_eval))})
+        steps_this_session += size * trainer.env_steps_per_update * keys.shape[0]
+        last_metrics = {k: v[:, -1] for k, v in metrics.items()}
+        bar.update(int(metrics["env_steps"][0, -1]), steps_this_session / (run_s + time.perf_counter() - loop_start),
+                   mean_of_finished(last_metrics["episode_return"]))
+
+    loop_start = time.perf_counter()
     try:
+        # JAX dispatches asynchronously: chunk k+1 (and its evaluation) is queued before chunk k's outputs are
+        # written, so writing overlaps computing. run_s is the loop's wall time, outputs included.
+        pending = None
         chunk_start = 0
         for size in chunks:
             chunk_start += size
             if chunk_start <= updates_done:
                 continue
-            tick = time.perf_counter()
             state, metrics = compiled_chunks[size](state, member_hparams, trainer.data)
-            metrics = jax.device_get(metrics)
-            run_s += time.perf_counter() - tick
-            if metrics_csv is None:
-                metrics_csv = MetricsCSV(run_dir / METRICS_FILE, list(metrics), grid.labels, num_seeds)
-                for csv_file in (metrics_csv, eval_csv):
-                    if csv_file is not None:
-                        csv_file.truncate_after(updates_done)
-            metrics_csv.append(chunk_start - size, metrics)
-            for sink in sinks:
-                sink.write_chunk(chunk_start - size, metrics)
-            check_finite(metrics, chunk_start - size, grid.labels, num_seeds)
-            checkpoint.save(manager, chunk_start, state, written_under)
+            eval_metrics = None
             if evaluate_members is not None:
                 eval_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(options.seed), chunk_start),
                                              keys.shape[0])
-                eval_metrics = jax.device_get(evaluate_members(state, shard_members(eval_keys, sharding)))
-                eval_metrics["env_steps"] = metrics["env_steps"][:, -1:]
-                eval_csv.append(chunk_start - 1, eval_metrics)
-                last_eval = eval_metrics["eval_return"][:, -1]
-                checkpoint.save(best, chunk_start, state, written_under,
-                                metrics={"eval_return": float(np.mean(last_eval))})
-            steps_this_session += size * trainer.env_steps_per_update * keys.shape[0]
-            last_metrics = {k: v[:, -1] for k, v in metrics.items()}
-            bar.update(int(metrics["env_steps"][0, -1]), steps_this_session / run_s,
-                       mean_of_finished(last_metrics["episode_return"]))
+                eval_metrics = evaluate_members(state, shard_members(eval_keys, sharding))
+            if pending is not None:
+                write_chunk_outputs(*pending)
+            pending = (chunk_start, size, state, metrics, eval_metrics)
+        if pending is not None:
+            write_chunk_outputs(*pending)
     finally:
         bar.close()
         for sink in sinks:
@@ -273,6 +294,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         manager.wait_until_finished()
         if evaluate_members is not None:
             best.wait_until_finished()
+    run_s += time.perf_counter() - loop_start
 
     if not last_metrics:  # resumed a run that had already finished
         raise ConfigError(f"resume={str(run_dir)!r}: the run is already complete ({updates_done} updates)")
@@ -284,6 +306,8 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         "final_return_per_seed": {label: v.tolist() for label, v in zip(grid.labels, final)},
         "env_steps": int(trainer.num_updates * trainer.env_steps_per_update),
         "compile_s": compile_s,
+        "compile_cache": {"dir": jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache
+                          else None, "hits": cache_use.hits, "misses": cache_use.misses},
         "run_s": run_s,
         "steps_per_s": steps_this_session / run_s,
         "num_seeds": num_seeds,
@@ -359,8 +383,9 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
             given = (config, hparams, options)
             defaults = cli(["--resume", options.resume])
             config, hparams, options = load_run_config(Path(options.resume), config_cls, hparams_cls)
-            options = dataclasses.replace(options, progress=given[2].progress)
+            options = dataclasses.replace(options, progress=given[2].progress, compile_cache=given[2].compile_cache)
             check_resume_flags(given, defaults, (config, hparams, options))
+        enable_compile_cache(options.compile_cache)
         return run_experiment(algo, make_train, config, hparams, options)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -376,7 +401,8 @@ def check_resume_flags(given: tuple, defaults: tuple, saved: tuple) -> None:
     for given_part, default_part, saved_part in zip(given, defaults, saved):
         for field in dataclasses.fields(given_part):
             value = getattr(given_part, field.name)
-            if field.name in ("resume", "run_dir", "progress") or value == getattr(default_part, field.name):
+            if field.name in ("resume", "run_dir", "progress", "compile_cache") or value == getattr(default_part,
+                                                                                                  field.name):
                 continue  # not given on the command line
             if value != getattr(saved_part, field.name):
                 conflicts.append(f"{field.name}={value!r} (the run has {getattr(saved_part, field.name)!r})")

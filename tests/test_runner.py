@@ -130,3 +130,34 @@ def test_the_mean_return_counts_finished_episodes_and_is_nan_without_a_warning_w
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's "Mean of empty slice" would fail here
         assert np.isnan(mean_of_finished(np.array([np.nan, np.nan])))
+
+
+def test_a_second_identical_run_loads_every_program_from_the_compilation_cache(tmp_path):
+    """The CLI keeps the persistent cache on (here the tests' own folder, which it keeps): the second run of the
+    same command compiles nothing; its summary says so. Catches a cache that is off or written to nowhere."""
+    args = [*TINY, "--num-seeds", "2", "--seed", "7"]
+    first = run_ppo([*args, "--run-dir", str(tmp_path / "first")])
+    second = run_ppo([*args, "--run-dir", str(tmp_path / "second")])
+    assert first["compile_cache"]["dir"] == second["compile_cache"]["dir"] is not None
+    assert first["compile_cache"]["hits"] + first["compile_cache"]["misses"] >= 2  # init and chunk, at least
+    assert second["compile_cache"]["misses"] == 0 and second["compile_cache"]["hits"] >= 2, second["compile_cache"]
+
+
+def test_no_compile_cache_compiles_afresh_and_says_so(tmp_path):
+    summary = run_ppo([*TINY, "--no-compile-cache", "--run-dir", str(tmp_path / "run")])
+    assert summary["compile_cache"] == {"dir": None, "hits": 0, "misses": 0}
+    summary = run_ppo([*TINY, "--run-dir", str(tmp_path / "again")])  # and the next run has it back
+    assert summary["compile_cache"]["dir"] is not None and summary["compile_cache"]["hits"] >= 1
+
+
+def test_the_default_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from rlzoo.compile_cache import default_cache_dir, switched_off_by_environment
+
+    monkeypatch.delenv("RLZOO_COMPILE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "rlzoo" / "jax"
+    monkeypatch.setenv("RLZOO_COMPILE_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    for value, off in [("0", True), ("off", True), ("1", False), ("", False)]:
+        monkeypatch.setenv("RLZOO_COMPILE_CACHE", value)
+        assert switched_off_by_environment() is off, value

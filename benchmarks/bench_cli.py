@@ -1,0 +1,112 @@
+"""What users run against the bare compiled program: the CLI harness's cost and the compilation cache.
+
+    .venv/bin/python benchmarks/bench_cli.py --out benchmarks/results/cli.json
+
+Cases, one seed each: PPO on CartPole-v1 (its defaults are PureJaxRL's configuration, 5e5 steps), DQN on
+CartPole-v1 and SAC on Pendulum-v1 with their defaults. Each round runs, one after another, each in a fresh
+process so that no in-memory cache carries over:
+
+- bare: `jax.jit(jax.vmap(trainer))` compiled, then called `--repeats` times (the best time is kept);
+- CLI, first: `python algorithms/<algo>.py --env-id <env> --run-dir <tmp>` with default flags (20 chunks,
+  evaluation after each, checkpoints, metrics.csv, plot) and an empty compilation cache folder;
+- CLI, cached: the same command again, with the cache the first run filled.
+
+`run_s` and `compile_s` of the CLI are read from its summary.json. Ratios use the best of `--rounds`
+rounds: CLI run_s / bare run_s (the harness's cost), and first / cached compile_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = {"ppo": "CartPole-v1", "dqn": "CartPole-v1", "sac": "Pendulum-v1"}
+
+BARE = """
+import json, sys, time
+import jax
+from rlzoo.algorithms import {algo} as module
+from rlzoo.sweep import seed_keys
+trainer = module.make_train(module.Config(env_id="{env_id}"))
+program = jax.jit(jax.vmap(trainer, in_axes=(0, None)))
+keys, hparams = seed_keys(0, 1), module.HParams()
+start = time.perf_counter()
+compiled = program.lower(keys, hparams).compile()
+compile_s = time.perf_counter() - start
+runs = []
+for _ in range({repeats}):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(keys, hparams))
+    runs.append(time.perf_counter() - start)
+print(json.dumps({{"compile_s": compile_s, "run_s": min(runs)}}))
+"""
+
+
+def run_bare(algo: str, env_id: str, repeats: int) -> dict:
+    env = {**os.environ, "RLZOO_COMPILE_CACHE": "0", "JAX_COMPILATION_CACHE_DIR": ""}
+    out = subprocess.run([sys.executable, "-c", BARE.format(algo=algo, env_id=env_id, repeats=repeats)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_cli(algo: str, env_id: str, run_dir: Path, cache_dir: Path) -> dict:
+    env = {**os.environ, "RLZOO_COMPILE_CACHE_DIR": str(cache_dir), "JAX_COMPILATION_CACHE_DIR": ""}
+    subprocess.run([sys.executable, f"algorithms/{algo}.py", "--env-id", env_id, "--run-dir", str(run_dir),
+                    "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {k: summary[k] for k in ("compile_s", "run_s", "compile_cache")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="calls of the bare compiled program per round")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    results = {}
+    for algo in args.algos:
+        env_id = CASES[algo]
+        rounds = []
+        for _ in range(args.rounds):
+            with tempfile.TemporaryDirectory() as scratch:
+                scratch = Path(scratch)
+                bare = run_bare(algo, env_id, args.repeats)
+                first = run_cli(algo, env_id, scratch / "first", scratch / "cache")
+                cached = run_cli(algo, env_id, scratch / "cached", scratch / "cache")
+            rounds.append({"bare": bare, "cli_first": first, "cli_cached": cached})
+            print(json.dumps({algo: rounds[-1]}), flush=True)
+        best = lambda key, field: min(r[key][field] for r in rounds)  # noqa: E731
+        results[algo] = {
+            "env_id": env_id, "rounds": rounds,
+            "bare_run_s": best("bare", "run_s"),
+            "cli_run_s": min(best("cli_first", "run_s"), best("cli_cached", "run_s")),
+            "bare_compile_s": best("bare", "compile_s"), "cli_first_compile_s": best("cli_first", "compile_s"),
+            "cli_cached_compile_s": best("cli_cached", "compile_s"),
+        }
+        r = results[algo]
+        r["cli_over_bare_run"] = r["cli_run_s"] / r["bare_run_s"]
+        r["first_over_cached_compile"] = r["cli_first_compile_s"] / r["cli_cached_compile_s"]
+    print("\n| algorithm | env | bare run s | CLI run s | CLI / bare | compile s: bare, CLI first, CLI cached | "
+          "first / cached |\n|---|---|---|---|---|---|---|")
+    for algo, r in results.items():
+        print(f"| {algo} | {r['env_id']} | {r['bare_run_s']:.2f} | {r['cli_run_s']:.2f} | "
+              f"{r['cli_over_bare_run']:.2f} | {r['bare_compile_s']:.1f}, {r['cli_first_compile_s']:.1f}, "
+              f"{r['cli_cached_compile_s']:.2f} | {r['first_over_cached_compile']:.1f} |")
+    if args.out:
+        import jax
+
+        machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                   "cpus": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0])}
+        Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
