@@ -6,7 +6,8 @@ Cases, one seed each: PPO on CartPole-v1 (its defaults are PureJaxRL's configura
 CartPole-v1 and SAC on Pendulum-v1 with their defaults. Each round runs, one after another, each in a fresh
 process so that no in-memory cache carries over:
 
-- bare: `jax.jit(jax.vmap(trainer))` compiled, then called `--repeats` times (the best time is kept);
+- bare: `jax.jit(jax.vmap(trainer))` timed by `bench_ppo.time_program` (compile, then the best of
+  `--repeats` calls);
 - CLI, first: `python algorithms/<algo>.py --env-id <env> --run-dir <tmp>` with default flags (20 chunks,
   evaluation after each, checkpoints, metrics.csv, plot) and an empty compilation cache folder;
 - CLI, cached: the same command again, with the cache the first run filled.
@@ -30,22 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = {"ppo": "CartPole-v1", "dqn": "CartPole-v1", "sac": "Pendulum-v1"}
 
 BARE = """
-import json, sys, time
+import json
 import jax
 from rlzoo.algorithms import {algo} as module
+from rlzoo.benchmarks.bench_ppo import time_program
 from rlzoo.sweep import seed_keys
-trainer = module.make_train(module.Config(env_id="{env_id}"))
-program = jax.jit(jax.vmap(trainer, in_axes=(0, None)))
-keys, hparams = seed_keys(0, 1), module.HParams()
-start = time.perf_counter()
-compiled = program.lower(keys, hparams).compile()
-compile_s = time.perf_counter() - start
-runs = []
-for _ in range({repeats}):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(keys, hparams))
-    runs.append(time.perf_counter() - start)
-print(json.dumps({{"compile_s": compile_s, "run_s": min(runs)}}))
+trainer, hparams = module.make_train(module.Config(env_id="{env_id}")), module.HParams()
+result = time_program(lambda keys: jax.vmap(trainer, in_axes=(0, None))(keys, hparams), seed_keys(0, 1), {repeats})
+print(json.dumps({{"compile_s": result["compile_s"], "run_s": result["run_s"]}}))
 """
 
 

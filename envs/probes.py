@@ -38,8 +38,7 @@ TERMINATE_PROBABILITY = 0.5
 
 @struct.dataclass
 class ProbeState(environment.EnvState):
-    phase: jax.Array  # 0 or 1
-    time: jax.Array
+    phase: jax.Array  # 0 or 1 (`time` comes from gymnax's EnvState)
 
 
 @struct.dataclass
@@ -113,7 +112,6 @@ def probe_values(gamma: float, ending: str) -> tuple[float, float]:
 def registry() -> dict[str, Any]:
     """The four probe ids and their factories."""
     return {
-        f"Probe{'Terminate' if terminates else 'Truncate'}{'Continuous' if continuous else ''}-v0":
-            (lambda t=terminates, c=continuous: Probe(t, c))
+        f"{Probe(terminates, continuous).name}-v0": (lambda t=terminates, c=continuous: Probe(t, c))
         for terminates in (True, False) for continuous in (False, True)
     }

@@ -21,6 +21,7 @@ programs out of the cache.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -50,7 +51,7 @@ def enable_compile_cache(wanted: bool) -> str | None:
             jax.config.update("jax_enable_compilation_cache", False)
             compilation_cache.reset_cache()
         return None
-    folder = jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    folder = jax.config.jax_compilation_cache_dir  # JAX reads JAX_COMPILATION_CACHE_DIR into it at import
     if not folder:
         folder = str(default_cache_dir())
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -62,12 +63,17 @@ def enable_compile_cache(wanted: bool) -> str | None:
 
 
 class CacheUse:
-    """While open, every compile is stored in the cache and its hits and misses are counted: `with use: ...`."""
+    """While open, every compile is stored in the cache; the time spent and the hits and misses are counted.
+
+    `with use: compiled = jax.jit(f).lower(x).compile()`, then `use.seconds`, `use.hits`, `use.misses`.
+    """
 
     def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
+        self.seconds = 0.0
         self._min_compile_s = None
+        self._start = 0.0
 
     def _count(self, event: str, **_: object) -> None:
         if event == HIT_EVENT:
@@ -79,8 +85,10 @@ class CacheUse:
         self._min_compile_s = jax.config.jax_persistent_cache_min_compile_time_secs
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         monitoring.register_event_listener(self._count)
+        self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._start
         monitoring.unregister_event_listener(self._count)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", self._min_compile_s)

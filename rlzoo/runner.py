@@ -44,6 +44,10 @@ CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, EVAL_FILE, PLOT_FILE, CHECKPOINT_DIR, B
     "config.json", "summary.json", "metrics.csv", "eval.csv", "learning_curve.png", "checkpoints", "best")
 
 
+HOST_ONLY_OPTIONS = ("progress", "compile_cache")
+"""RunOptions that cannot change a run's numbers: on --resume they come from the command line, not config.json."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     """Options of the run itself, shared by every algorithm."""
@@ -202,11 +206,9 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     keys, member_hparams = shard_members((keys, member_hparams), sharding)
     chunks = plan_chunks(trainer.num_updates, options.num_chunks)
 
-    cache_use = CacheUse()  # the persistent cache's hits and misses of this run's compiles
-    compile_start = time.perf_counter()
-    with cache_use:
+    compiles = CacheUse()  # time, cache hits and misses of this run's compiles
+    with compiles:
         init = jax.jit(trainer.init_members).lower(keys, member_hparams, trainer.data).compile()
-    compile_s = time.perf_counter() - compile_start
     run_start = time.perf_counter()
     state = init(keys, member_hparams, trainer.data)
     jax.block_until_ready(state)
@@ -214,21 +216,17 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
 
     compiled_chunks: dict[int, Any] = {}
     for size in sorted(set(chunks)):
-        compile_start = time.perf_counter()
         run_chunk = lambda s, hp, data, n=size: trainer.run_members(s, hp, n, data)  # noqa: E731
-        with cache_use:
+        with compiles:
             compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams, trainer.data).compile()
-        compile_s += time.perf_counter() - compile_start
 
     written_under = describe_run(algo, config, hparams, grid.labels, options)
     manager = checkpoint.checkpoint_manager(run_dir / CHECKPOINT_DIR, options.keep_checkpoints)
     evaluate_members, eval_csv = None, None
     if trainer.act is not None and options.eval_episodes > 0:
-        compile_start = time.perf_counter()
-        with cache_use:
+        with compiles:
             evaluate_members = jax.jit(jax.vmap(make_member_evaluation(trainer, options))).lower(state,
                                                                                                keys).compile()
-        compile_s += time.perf_counter() - compile_start
         eval_csv = MetricsCSV(run_dir / EVAL_FILE, ["eval_return", "eval_length"], grid.labels, num_seeds)
         best = checkpoint.best_manager(run_dir / CHECKPOINT_DIR / BEST_DIR)
     updates_done = 0
@@ -295,6 +293,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         if evaluate_members is not None:
             best.wait_until_finished()
     run_s += time.perf_counter() - loop_start
+    compile_s = compiles.seconds
 
     if not last_metrics:  # resumed a run that had already finished
         raise ConfigError(f"resume={str(run_dir)!r}: the run is already complete ({updates_done} updates)")
@@ -307,7 +306,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         "env_steps": int(trainer.num_updates * trainer.env_steps_per_update),
         "compile_s": compile_s,
         "compile_cache": {"dir": jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache
-                          else None, "hits": cache_use.hits, "misses": cache_use.misses},
+                          else None, "hits": compiles.hits, "misses": compiles.misses},
         "run_s": run_s,
         "steps_per_s": steps_this_session / run_s,
         "num_seeds": num_seeds,
@@ -383,7 +382,7 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
             given = (config, hparams, options)
             defaults = cli(["--resume", options.resume])
             config, hparams, options = load_run_config(Path(options.resume), config_cls, hparams_cls)
-            options = dataclasses.replace(options, progress=given[2].progress, compile_cache=given[2].compile_cache)
+            options = dataclasses.replace(options, **{name: getattr(given[2], name) for name in HOST_ONLY_OPTIONS})
             check_resume_flags(given, defaults, (config, hparams, options))
         enable_compile_cache(options.compile_cache)
         return run_experiment(algo, make_train, config, hparams, options)
@@ -401,8 +400,7 @@ def check_resume_flags(given: tuple, defaults: tuple, saved: tuple) -> None:
     for given_part, default_part, saved_part in zip(given, defaults, saved):
         for field in dataclasses.fields(given_part):
             value = getattr(given_part, field.name)
-            if field.name in ("resume", "run_dir", "progress", "compile_cache") or value == getattr(default_part,
-                                                                                                  field.name):
+            if field.name in ("resume", "run_dir", *HOST_ONLY_OPTIONS) or value == getattr(default_part, field.name):
                 continue  # not given on the command line
             if value != getattr(saved_part, field.name):
                 conflicts.append(f"{field.name}={value!r} (the run has {getattr(saved_part, field.name)!r})")
