@@ -109,6 +109,11 @@ def probe_values(gamma: float, ending: str) -> tuple[float, float]:
     return q0, 1.0 + gamma * q0
 
 
+MISTAKES = {"terminate": ("truncate",),  # ignoring termination: the endless cycle's values
+            "truncate": ("truncate_as_terminate", "reset_observation")}
+"""For each true ending, the `probe_values` endings that a learner with a classic end-of-episode bug finds."""
+
+
 def registry() -> dict[str, Any]:
     """The four probe ids and their factories."""
     return {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlzoo.algorithms.dqn import Config, HParams, make_train
-from rlzoo.envs.probes import probe_values
+from rlzoo.envs.probes import MISTAKES, probe_values
 from rlzoo.networks import QNetwork
 from rlzoo.trainer import ConfigError
 from rlzoo.evaluate import evaluate
@@ -109,8 +109,6 @@ def test_dqn_keeps_the_run_folder_contract(tmp_path):
 PROBE_GAMMA = 0.5
 PROBE_TOLERANCE = 0.08
 """Each learned Q(s, a) must be this close to the closed form; every classic mistake is >= 2x as far off."""
-PROBE_MISTAKES = {"terminate": ["truncate"],  # "truncate": the values of a learner that ignores termination
-                  "truncate": ["truncate_as_terminate", "reset_observation"]}
 
 
 def probe_action_values(env_id: str) -> np.ndarray:
@@ -134,7 +132,7 @@ def test_dqn_learns_the_closed_form_values_of_the_probe_envs(env_id, ending):
     that both actions are learned equally. Measured without mistakes: errors at most 0.04 over 4 seeds.
     """
     expected = np.array(probe_values(PROBE_GAMMA, ending))
-    for mistake in PROBE_MISTAKES[ending]:
+    for mistake in MISTAKES[ending]:
         assert np.abs(np.array(probe_values(PROBE_GAMMA, mistake)) - expected).max() > 2 * PROBE_TOLERANCE
     q_values = probe_action_values(env_id)
     assert (np.abs(q_values - expected[None, :, None]) < PROBE_TOLERANCE).all(), (q_values, expected)

@@ -34,7 +34,7 @@ import pytest
 
 from rlzoo import off_policy, replay
 from rlzoo.algorithms import isac, sac, td3
-from rlzoo.envs.probes import probe_values
+from rlzoo.envs.probes import MISTAKES, probe_values
 from rlzoo.networks import DeterministicActor, SquashedGaussianActor, TwinCritic
 from rlzoo.off_policy import twin_critic_loss
 
@@ -439,8 +439,6 @@ PROBE_HIDDEN = (32, 32)
 PROBE_BUDGET = dict(total_timesteps=4_000, num_envs=4, learning_starts=200, batch_size=64,
                     hidden_sizes=PROBE_HIDDEN, buffer_size=4_000)
 PROBE_SEEDS = 2
-MISTAKES = {"terminate": ("truncate",),  # ignoring termination learns the endless cycle's values
-            "truncate": ("truncate_as_terminate", "reset_observation")}
 PROBE_IDS = {"terminate": "ProbeTerminateContinuous-v0", "truncate": "ProbeTruncateContinuous-v0"}
 
 

@@ -15,7 +15,7 @@ import pytest
 from jax import monitoring
 
 from rlzoo.algorithms.ppo import Config, HParams, make_train
-from rlzoo.envs.probes import probe_values
+from rlzoo.envs.probes import MISTAKES, probe_values
 from rlzoo.networks import ActorCritic
 from rlzoo.sweep import expand_members, make_grid, run_sweep, seed_keys
 
@@ -148,8 +148,6 @@ def test_ppo_runs_end_to_end_on_minatar_with_a_cnn_and_on_brax(env_id):
 PROBE_GAMMA = 0.5
 PROBE_TOLERANCE = 0.08
 """Each learned V(s) must be this close to the closed form; every classic mistake is >= 2x as far off."""
-PROBE_MISTAKES = {"terminate": ["truncate"],  # "truncate": the values of a learner that ignores termination
-                  "truncate": ["truncate_as_terminate", "reset_observation"]}
 
 
 def probe_state_values(env_id: str) -> np.ndarray:
@@ -173,7 +171,7 @@ def test_ppo_learns_the_closed_form_values_of_the_probe_envs(env_id, ending):
     ones of `probe_values`, but as far off. Measured without mistakes: errors at most 0.04 over 4 seeds.
     """
     expected = np.array(probe_values(PROBE_GAMMA, ending))
-    for mistake in PROBE_MISTAKES[ending]:
+    for mistake in MISTAKES[ending]:
         assert np.abs(np.array(probe_values(PROBE_GAMMA, mistake)) - expected).max() > 2 * PROBE_TOLERANCE
     values = probe_state_values(env_id)
     assert (np.abs(values - expected) < PROBE_TOLERANCE).all(), (values, expected)
