@@ -46,6 +46,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, written_under: d
                                                written_under=ocp.args.JsonSave(written_under)), metrics=metrics)
 
 
+def best_metric(manager: ocp.CheckpointManager, name: str) -> float | None:
+    """The metric `name` of the best checkpoint a best-mode manager holds (None if it holds none)."""
+    step = manager.best_step()
+    if step is None:
+        return None
+    metrics = manager.metrics(step)
+    return None if metrics is None else float(metrics[name])
+
+
 def differing_fields(saved: Any, current: Any, prefix: str = "") -> list[str]:
     """Dotted paths where two JSON-like values differ, e.g. `config.env_id: 'A' != 'B'`."""
     if isinstance(saved, dict) and isinstance(current, dict):

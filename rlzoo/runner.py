@@ -237,10 +237,11 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                        purge_step=updates_done * trainer.env_steps_per_update + 1 if updates_done else None)
     bar = ProgressBar(trainer.num_updates * trainer.env_steps_per_update, f"{algo} {config.env_id}", options.progress)
     steps_this_session, last_metrics, last_eval, metrics_csv = 0, {}, None, None
+    best_score = checkpoint.best_metric(best, "eval_return") if evaluate_members is not None else None
 
     def write_chunk_outputs(chunk_start: int, size: int, state: Any, metrics: Any, eval_metrics: Any) -> None:
         """Chunk outputs: metrics rows, the finiteness check, the checkpoint, evaluation rows, progress."""
-        nonlocal steps_this_session, last_metrics, last_eval, metrics_csv
+        nonlocal steps_this_session, last_metrics, last_eval, metrics_csv, best_score
         metrics = jax.device_get(metrics)  # waits for this chunk only: the next one is already dispatched
         if metrics_csv is None:
             metrics_csv = MetricsCSV(run_dir / METRICS_FILE, list(metrics), grid.labels, num_seeds)
@@ -257,8 +258,10 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
             eval_metrics["env_steps"] = metrics["env_steps"][:, -1:]
             eval_csv.append(chunk_start - 1, eval_metrics)
             last_eval = eval_metrics["eval_return"][:, -1]
-            checkpoint.save(best, chunk_start, state, written_under,
-                            metrics={"eval_return": float(np.mean(last_eval))})
+            score = float(np.mean(last_eval))
+            if improves(score, best_score):  # the best checkpoint is written only when it changes
+                checkpoint.save(best, chunk_start, state, written_under, metrics={"eval_return": score})
+                best_score = score
         steps_this_session += size * trainer.env_steps_per_update * keys.shape[0]
         last_metrics = {k: v[:, -1] for k, v in metrics.items()}
         bar.update(int(metrics["env_steps"][0, -1]), steps_this_session / (run_s + time.perf_counter() - loop_start),
@@ -333,6 +336,11 @@ def make_member_evaluation(trainer: Trainer, options: RunOptions) -> Callable:
                 "eval_length": result.episode_length.mean(dtype=jnp.float32)[None]}
 
     return evaluate_member
+
+
+def improves(score: float, best: float | None) -> bool:
+    """A new best evaluation: strictly higher (ties keep the earlier checkpoint), and anything beats NaN."""
+    return best is None or math.isnan(best) or score > best
 
 
 def mean_of_finished(episode_returns: np.ndarray) -> float:

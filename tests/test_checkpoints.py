@@ -87,6 +87,54 @@ def kill_resume_and_compare(algo, run, args, reference, tmp_path, updates_per_ch
     assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
+KILL_MID_WRITE_SCRIPT = textwrap.dedent("""
+    import importlib, os, signal, sys, threading
+    from pathlib import Path
+    from orbax.checkpoint._src.path import atomicity
+    from rlzoo import checkpoint
+    from rlzoo.runner import run_cli
+    algo = importlib.import_module("rlzoo.algorithms." + sys.argv[1])
+    kill_step, held = sys.argv[2], threading.Event()
+    original_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+    async def finalize_or_hold(self):
+        final = Path(str(self._final_path))
+        if final.name == kill_step and final.parent.name == "checkpoints":  # this step's chunk checkpoint
+            held.set()  # its files are written to the temporary folder; the commit (a rename) never comes
+            await __import__("asyncio").sleep(3600)
+        await original_finalize(self)
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_hold
+    original_save = checkpoint.save
+    def save_then_die_mid_write(manager, step, *args, **kwargs):
+        original_save(manager, step, *args, **kwargs)
+        if str(step) == kill_step and Path(str(manager.directory)).name == "checkpoints":
+            assert held.wait(120), "the background write never reached its commit"
+            temporary = [p.name for p in Path(str(manager.directory)).iterdir() if "tmp" in p.name]
+            print("in flight:", temporary, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.save = save_then_die_mid_write
+    run_cli(sys.argv[1], algo.Config, algo.HParams, algo.make_train, args=sys.argv[3:])
+""")
+
+
+def test_a_kill_during_an_asynchronous_checkpoint_write_loses_only_that_checkpoint(uninterrupted, tmp_path):
+    """The third chunk's checkpoint is held in orbax's background thread just before its commit and the process
+    is killed there: the folder keeps checkpoints 4 and 8, the temporary folder is never taken for a checkpoint,
+    and the resumed run ends bit for bit where the uninterrupted one does."""
+    killed = tmp_path / "killed"
+    process = subprocess.run(
+        [sys.executable, "-c", KILL_MID_WRITE_SCRIPT, "ppo", "12", *ARGS, "--run-dir", str(killed)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert process.returncode == -9, process.stderr[-2000:]
+    assert "in flight: ['12.orbax-checkpoint-tmp" in process.stdout, process.stdout
+    steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [4, 8]
+
+    summary = run_ppo(["--resume", str(killed), "--no-progress"])
+    assert summary["resumed_from_update"] == 8
+    assert_same_leaves(final_params(killed), final_params(uninterrupted))
+    assert (killed / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+
+
 # Restoring the truncated files fails inside orbax; a read still in flight then calls back into orbax's
 # closed asyncio loop (a RuntimeError with no frames of ours, raised after the restore has failed).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
