@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/python -m pip
 
-.PHONY: demo test install bench bench-peer clean
+.PHONY: demo test install bench bench-tier bench-peer clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench-peer: .venv-peer/bin/python
 
 bench: install bench-peer
 	$(PY) benchmarks/bench_ppo.py
+
+# The one benchmark command, by tier: smoke (toy sizes, ~2-4 min cold on 2 cores), cpu, gpu (one H200, <= 8 min).
+TIER ?= smoke
+bench-tier: install
+	$(PY) -m rlzoo.benchmarks.bench --tier $(TIER)
 
 clean:
 	rm -rf $(VENV) .venv-peer .jax_cache .pytest_cache runs

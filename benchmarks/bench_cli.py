@@ -36,25 +36,58 @@ import jax
 from rlzoo.algorithms import {algo} as module
 from rlzoo.benchmarks.bench_ppo import time_program
 from rlzoo.sweep import seed_keys
-trainer, hparams = module.make_train(module.Config(env_id="{env_id}")), module.HParams()
+trainer, hparams = module.make_train(module.Config(env_id="{env_id}", **{overrides!r})), module.HParams()
 result = time_program(lambda keys: jax.vmap(trainer, in_axes=(0, None))(keys, hparams), seed_keys(0, 1), {repeats})
 print(json.dumps({{"compile_s": result["compile_s"], "run_s": result["run_s"]}}))
 """
 
 
-def run_bare(algo: str, env_id: str, repeats: int) -> dict:
+def flags(overrides: dict) -> list[str]:
+    """Config overrides as CLI flags: {"total_timesteps": 8192} -> ["--total-timesteps", "8192"]."""
+    return [part for name, value in overrides.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def run_bare(algo: str, env_id: str, repeats: int, overrides: dict | None = None) -> dict:
     env = {**os.environ, "RLZOO_COMPILE_CACHE": "0", "JAX_COMPILATION_CACHE_DIR": ""}
-    out = subprocess.run([sys.executable, "-c", BARE.format(algo=algo, env_id=env_id, repeats=repeats)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, check=True).stdout
+    code = BARE.format(algo=algo, env_id=env_id, repeats=repeats, overrides=overrides or {})
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_cli(algo: str, env_id: str, run_dir: Path, cache_dir: Path) -> dict:
+def run_cli(algo: str, env_id: str, run_dir: Path, cache_dir: Path, overrides: dict | None = None,
+            run_flags: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "RLZOO_COMPILE_CACHE_DIR": str(cache_dir), "JAX_COMPILATION_CACHE_DIR": ""}
     subprocess.run([sys.executable, f"algorithms/{algo}.py", "--env-id", env_id, "--run-dir", str(run_dir),
-                    "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+                    "--no-progress", *flags(overrides or {}), *run_flags], cwd=ROOT, env=env, capture_output=True, text=True,
+                   check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {k: summary[k] for k in ("compile_s", "run_s", "compile_cache")}
+
+
+def measure(algo: str, env_id: str, rounds: int, repeats: int, overrides: dict | None = None,
+            run_flags: tuple[str, ...] = ()) -> dict:
+    """Bare, CLI first and CLI cached, `rounds` times in fresh processes; the best of each and their ratios."""
+    per_round = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = Path(scratch)
+            bare = run_bare(algo, env_id, repeats, overrides)
+            first = run_cli(algo, env_id, scratch / "first", scratch / "cache", overrides, run_flags)
+            cached = run_cli(algo, env_id, scratch / "cached", scratch / "cache", overrides, run_flags)
+        per_round.append({"bare": bare, "cli_first": first, "cli_cached": cached})
+        print(json.dumps({algo: per_round[-1]}), flush=True)
+    best = lambda key, field: min(r[key][field] for r in per_round)  # noqa: E731
+    result = {
+        "env_id": env_id, "overrides": overrides or {}, "run_flags": list(run_flags), "rounds": per_round,
+        "bare_run_s": best("bare", "run_s"),
+        "cli_run_s": min(best("cli_first", "run_s"), best("cli_cached", "run_s")),
+        "bare_compile_s": best("bare", "compile_s"), "cli_first_compile_s": best("cli_first", "compile_s"),
+        "cli_cached_compile_s": best("cli_cached", "compile_s"),
+    }
+    result["cli_over_bare_run"] = result["cli_run_s"] / result["bare_run_s"]
+    result["first_over_cached_compile"] = result["cli_first_compile_s"] / result["cli_cached_compile_s"]
+    return result
 
 
 def main() -> None:
@@ -64,29 +97,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="calls of the bare compiled program per round")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    results = {}
-    for algo in args.algos:
-        env_id = CASES[algo]
-        rounds = []
-        for _ in range(args.rounds):
-            with tempfile.TemporaryDirectory() as scratch:
-                scratch = Path(scratch)
-                bare = run_bare(algo, env_id, args.repeats)
-                first = run_cli(algo, env_id, scratch / "first", scratch / "cache")
-                cached = run_cli(algo, env_id, scratch / "cached", scratch / "cache")
-            rounds.append({"bare": bare, "cli_first": first, "cli_cached": cached})
-            print(json.dumps({algo: rounds[-1]}), flush=True)
-        best = lambda key, field: min(r[key][field] for r in rounds)  # noqa: E731
-        results[algo] = {
-            "env_id": env_id, "rounds": rounds,
-            "bare_run_s": best("bare", "run_s"),
-            "cli_run_s": min(best("cli_first", "run_s"), best("cli_cached", "run_s")),
-            "bare_compile_s": best("bare", "compile_s"), "cli_first_compile_s": best("cli_first", "compile_s"),
-            "cli_cached_compile_s": best("cli_cached", "compile_s"),
-        }
-        r = results[algo]
-        r["cli_over_bare_run"] = r["cli_run_s"] / r["bare_run_s"]
-        r["first_over_cached_compile"] = r["cli_first_compile_s"] / r["cli_cached_compile_s"]
+    results = {algo: measure(algo, CASES[algo], args.rounds, args.repeats) for algo in args.algos}
     print("\n| algorithm | env | bare run s | CLI run s | CLI / bare | compile s: bare, CLI first, CLI cached | "
           "first / cached |\n|---|---|---|---|---|---|---|")
     for algo, r in results.items():

@@ -1,0 +1,90 @@
+"""Facts about the one benchmark command: the smoke tier runs every benchmark end to end and writes one results
+file, a second call resumes instead of rerunning, and a failing job is recorded without stopping the tier."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rlzoo.benchmarks import bench
+
+BENCHMARKS = {"learn", "sequence_speed", "offline_pace", "sweep_vs_separate", "cli_overhead"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiers")
+    return out, bench.run_tier("smoke", out)
+
+
+def test_the_smoke_tier_runs_every_benchmark_and_records_the_machine(smoke):
+    out, payload = smoke
+    jobs = payload["jobs"]
+    assert {r["benchmark"] for r in jobs.values()} == BENCHMARKS
+    assert len(jobs) == len(bench.smoke_jobs()) and not payload["not_reached"]
+    assert not [name for name, r in jobs.items() if "error" in r]
+    assert payload["device"]["platform"] == "cpu" and payload["versions"]["jax"] != "not installed"
+    summary = (out / "smoke" / "summary.md").read_text()
+    for r in jobs.values():
+        assert f"| {r['unit']} |" in summary
+
+
+def test_the_smoke_results_are_measurements_of_the_right_shape(smoke):
+    jobs = smoke[1]["jobs"]
+    for r in (r for r in jobs.values() if r["benchmark"] == "learn"):
+        assert len(r["scores"]) == r["sizes"]["seeds"] and np.isfinite(r["scores"]).all()
+        low, high = r["score_iqm_ci"][1:]
+        assert low <= r["score_iqm_ci"][0] <= high
+        assert r["env_steps_per_s"] == pytest.approx(r["env_steps_per_seed"] * r["sizes"]["seeds"] / r["run_s"])
+    sweep = next(r for r in jobs.values() if r["benchmark"] == "sweep_vs_separate")
+    assert sweep["same_results"], "the vmapped sweep and the separate runs must train the same members"
+    cli = next(r for r in jobs.values() if r["benchmark"] == "cli_overhead")
+    assert cli["rounds"][0]["cli_cached"]["compile_cache"]["misses"] == 0  # the second run compiled nothing
+    for r in (r for r in jobs.values() if r["benchmark"] == "offline_pace"):
+        assert r["minutes_per_1m_updates"] == pytest.approx(r["run_s"] / r["updates"] * 1e6 / 60)
+
+
+def test_a_second_call_resumes_from_the_job_folders_instead_of_rerunning(smoke):
+    out, payload = smoke
+    stamps = {name: r["finished"] for name, r in payload["jobs"].items()}
+    again = bench.run_tier("smoke", out, only=("learn__PPO",))
+    assert {name: again["jobs"][name]["finished"] for name in stamps} == stamps
+
+
+def test_a_failing_job_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch):
+    def broken(folder):
+        raise ValueError("no such env")
+
+    jobs = [bench.Job("learn", "broken/task", {"steps": 1}, broken),
+            bench.Job("learn", "fine/task", {"steps": 1}, lambda folder: {"scores": [1.0], "score_iqm_ci": [1, 1, 1],
+                                                                           "env_steps_per_s": 1.0, "compile_s": 0.0,
+                                                                           "run_s": 1.0})]
+    monkeypatch.setitem(bench.TIER_JOBS, "smoke", lambda: jobs)
+    payload = bench.run_tier("smoke", tmp_path)
+    assert "ValueError('no such env')" in payload["jobs"]["learn__broken-task"]["error"]
+    assert payload["jobs"]["learn__fine-task"]["scores"] == [1.0]
+    assert "failed: ValueError" in (tmp_path / "smoke" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("tier", bench.TIERS)
+def test_every_learn_job_of_every_tier_has_settings_its_algorithm_accepts(tier):
+    """The jobs the smoke tier does not train are built (Config and HParams validated) without training."""
+    jobs = [job for job in bench.TIER_JOBS[tier]() if job.benchmark == "learn"]
+    assert jobs
+    for job in jobs:
+        sizes = job.sizes
+        _, config, _ = bench.learn_settings(sizes["algo"], sizes["task"], sizes["steps"], sizes.get("config"),
+                                            sizes.get("hparams"))
+        assert config.env_id == sizes["task"] and config.total_timesteps == sizes["steps"]
+
+
+def test_the_gpu_tier_covers_every_benchmark_and_a_deadline_leaves_the_rest_for_later(tmp_path, monkeypatch):
+    gpu = bench.gpu_jobs()
+    assert {job.benchmark for job in gpu} == BENCHMARKS
+    learn = {job.unit for job in gpu if job.benchmark == "learn"}
+    assert {f"PPO/{game}" for game in bench.MINATAR} <= learn and "sac/brax/hopper" in learn
+    monkeypatch.setitem(bench.TIER_JOBS, "gpu", lambda: [bench.Job("learn", f"job{i}", {}, lambda f: {})
+                                                         for i in range(3)])
+    payload = bench.run_tier("gpu", tmp_path, max_minutes=-1.0)  # the deadline has passed before the first job
+    assert payload["not_reached"] == ["learn__job0", "learn__job1", "learn__job2"] and not payload["jobs"]
+    assert json.loads((tmp_path / "gpu" / "results.json").read_text())["not_reached"] == payload["not_reached"]
