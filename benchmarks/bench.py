@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -291,6 +292,17 @@ def iqm_ci(scores: np.ndarray) -> list[float]:
     return [float(v) for v in aggregate_intervals(np.asarray(scores, np.float64)[:, None])["iqm"]]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     """The machine, the device and the package versions every results file records."""
 
@@ -301,7 +313,7 @@ def environment() -> dict[str, Any]:
             return "not installed"
 
     device = jax.devices()[0]
-    return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
                         "python": platform.python_version()},
             "device": {"platform": device.platform, "kind": device.device_kind, "count": len(jax.devices())},
             "versions": {name: package(name) for name in ("rlzoo", "jax", "jaxlib", "flax", "optax", "gymnax",
@@ -382,7 +394,8 @@ def write_results(tier: str, out: Path, jobs: list[Job], not_reached: list[str])
     payload = {"tier": tier, **env, "written": time.strftime("%Y-%m-%d %H:%M:%S"), "jobs": results,
                "not_reached": not_reached}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    header = (f"# Benchmark tier `{tier}`\n\n{env['machine']['processor']}, {env['device']['count']} x "
+    header = (f"# Benchmark tier `{tier}`\n\n{env['machine']['processor']} ({env['machine']['cpus']} cores), "
+              f"{env['device']['count']} x "
               f"{env['device']['kind']} ({env['device']['platform']}); " +
               ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + f"; written {payload['written']}\n")
     (out / "summary.md").write_text(header + summary_tables(results, not_reached))
