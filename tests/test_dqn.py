@@ -35,8 +35,12 @@ def best_greedy_return_near_the_end(trainer, hparams, num_seeds=2, evaluations=5
     per_chunk = int(trainer.num_updates * tail) // evaluations
     head = trainer.num_updates - per_chunk * evaluations
     state = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, hparams)
-    state = jax.jit(jax.vmap(lambda s: trainer.run(s, hparams, head)[0]))(state)
     run_chunk = jax.jit(jax.vmap(lambda s: trainer.run(s, hparams, per_chunk)))
+    if head % per_chunk == 0:  # the head as chunks of the same program: one compile fewer
+        for _ in range(head // per_chunk):
+            state = run_chunk(state)[0]
+    else:
+        state = jax.jit(jax.vmap(lambda s: trainer.run(s, hparams, head)[0]))(state)
     best = np.full(num_seeds, -np.inf)
     for i in range(evaluations):
         state, metrics = run_chunk(state)
@@ -46,12 +50,12 @@ def best_greedy_return_near_the_end(trainer, hparams, num_seeds=2, evaluations=5
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["mse", "c51"])
-def test_dqn_reaches_400_on_cartpole_on_each_of_two_seeds(loss):
-    """References: random actions about 22; the untrained greedy network 9.2-94.3 (MSE) and 9.5-44.5 (C51) on
-    4 seeds. HL-Gauss and two-hot have no learning test of their own (their targets and losses are checked
-    exactly in test_dqn_loss.py, and the rest of the program is the one these two runs exercise)."""
-    returns = best_greedy_return_near_the_end(make_train(Config(loss=loss)), HParams())
+def test_dqn_reaches_400_on_cartpole_on_each_of_two_seeds():
+    """References: random actions about 22; the untrained greedy network 9.2-94.3 on 4 seeds. C51, HL-Gauss and
+    two-hot have no CartPole learning test of their own (their targets and losses are checked exactly in
+    test_dqn_loss.py, the rest of the program is the one this run exercises, and C51 learns inside SPR in
+    test_spr.py); a C51 run here cost 122 s of a cold `make test` (87 s warm) and passed at 400 when it ran."""
+    returns = best_greedy_return_near_the_end(make_train(Config()), HParams())
     assert (returns >= 400).all(), returns
 
 
