@@ -53,6 +53,7 @@ import numpy as np
 from rlzoo.benchmarks import bench_cli
 from rlzoo.benchmarks.harness import EVAL_KEY, train_seeds
 from rlzoo.evaluate import greedy_member_returns
+from rlzoo.runner import mean_of_finished
 from rlzoo.stats import aggregate_intervals
 from rlzoo.sweep import seed_keys
 
@@ -97,7 +98,7 @@ def learn(algo: str, env_id: str, steps: int, seeds: int, eval_episodes: int, co
         env_steps = trainer.num_updates * trainer.env_steps_per_update
         return {"scores": scores.tolist(), "score_iqm_ci": iqm_ci(scores), **trained.times_s,
                 "env_steps_per_seed": env_steps, "env_steps_per_s": env_steps * seeds / trained.times_s["run_s"],
-                "final_training_return": float(np.nanmean(np.asarray(trained.metrics["episode_return"])[:, -1]))}
+                "final_training_return": mean_of_finished(np.asarray(trained.metrics["episode_return"])[:, -1])}
 
     return run
 
