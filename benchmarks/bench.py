@@ -42,7 +42,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo.benchmarks import bench_cli
-from rlzoo.benchmarks.harness import EVAL_KEY, train_seeds
+from rlzoo.benchmarks.harness import EVAL_KEY, iqm_ci, train_seeds
 from rlzoo.evaluate import greedy_member_returns
-from rlzoo.runner import mean_of_finished
-from rlzoo.stats import aggregate_intervals
+from rlzoo.runner import mean_of_finished, package_version
 from rlzoo.sweep import seed_keys
 
 TIERS = ("smoke", "cpu", "gpu")
@@ -288,11 +286,6 @@ TIER_JOBS = {"smoke": smoke_jobs, "cpu": cpu_jobs, "gpu": gpu_jobs}
 # ----------------------------------------------------------------------------- running and reporting
 
 
-def iqm_ci(scores: np.ndarray) -> list[float]:
-    """[IQM, low, high] over seeds, stratified-bootstrap 95% CI (`rlzoo.stats`)."""
-    return [float(v) for v in aggregate_intervals(np.asarray(scores, np.float64)[:, None])["iqm"]]
-
-
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
     try:
@@ -307,17 +300,11 @@ def cpu_model() -> str:
 def environment() -> dict[str, Any]:
     """The machine, the device and the package versions every results file records."""
 
-    def package(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
     device = jax.devices()[0]
     return {"machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
                         "python": platform.python_version()},
             "device": {"platform": device.platform, "kind": device.device_kind, "count": len(jax.devices())},
-            "versions": {name: package(name) for name in ("rlzoo", "jax", "jaxlib", "flax", "optax", "gymnax",
+            "versions": {name: package_version(name) for name in ("rlzoo", "jax", "jaxlib", "flax", "optax", "gymnax",
                                                           "brax")}}
 
 

@@ -186,6 +186,11 @@ def write_reports(out: Path, scores: Mapping[str, Mapping[str, list[float]]], gr
             print((folder / "report.md").read_text())
 
 
+def iqm_ci(scores: Any) -> list[float]:
+    """[IQM, low, high] of per-seed scores, stratified-bootstrap 95% CI (`rlzoo.stats`)."""
+    return [float(v) for v in aggregate_intervals(np.asarray(scores, np.float64)[:, None])["iqm"]]
+
+
 def score_table(scores: Mapping[str, Mapping[str, list[float]]], title: str, digits: int = 1,
                 row_names: Mapping[str, str] | None = None) -> str:
     """Markdown: one row per task (named by `row_names`, else the task), one column per label, IQM [95% CI]."""
@@ -198,7 +203,7 @@ def score_table(scores: Mapping[str, Mapping[str, list[float]]], title: str, dig
             if task not in scores[label]:
                 cells.append("")
                 continue
-            point, low, high = aggregate_intervals(np.asarray(scores[label][task])[:, None])["iqm"]
+            point, low, high = iqm_ci(scores[label][task])
             cells.append(f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
         lines.append(f"| {(row_names or {}).get(task, task)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

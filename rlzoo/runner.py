@@ -124,7 +124,8 @@ def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
     return Path("runs") / f"{safe_env}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _package_version(name: str) -> str:
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "unknown"."""
     try:
         return version(name)
     except PackageNotFoundError:
@@ -195,7 +196,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
             "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
             "run": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("run_dir", "resume")},
             "configs": grid.labels,
-            "versions": {p: _package_version(p) for p in ("rlzoo", "jax", "flax", "optax", "gymnax", "brax")},
+            "versions": {p: package_version(p) for p in ("rlzoo", "jax", "flax", "optax", "gymnax", "brax")},
             "devices": [str(d) for d in jax.local_devices()],
         })
 
