@@ -216,8 +216,10 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
     run_s = time.perf_counter() - run_start
 
     compiled_chunks: dict[int, Any] = {}
+    with compiles:  # tracing, counted as compiling
+        shared = trainer.shared_counters(keys, member_hparams, trainer.data)
     for size in sorted(set(chunks)):
-        run_chunk = lambda s, hp, data, n=size: trainer.run_members(s, hp, n, data)  # noqa: E731
+        run_chunk = lambda s, hp, data, n=size: trainer.run_members(s, hp, n, data, shared)  # noqa: E731
         with compiles:
             compiled_chunks[size] = jax.jit(run_chunk).lower(state, member_hparams, trainer.data).compile()
 
