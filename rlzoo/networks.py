@@ -30,16 +30,32 @@ def orthogonal_dense(features: int, gain: float = float(np.sqrt(2)), name: str |
     return nn.Dense(features, kernel_init=nn.initializers.orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
 
 
+NORMS = ("none", "layer", "batch")
+"""Normalisation after each hidden layer, before its activation (PQN's choice: Gallici et al., 2025)."""
+
+
+def normalization(norm: str, train: bool) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """LayerNorm, BatchNorm (this batch's statistics when `train`, else the running averages), or nothing."""
+    if norm == "layer":
+        return nn.LayerNorm()
+    if norm == "batch":
+        return nn.BatchNorm(use_running_average=not train)
+    if norm == "none":
+        return lambda x: x
+    raise ConfigError(f"norm={norm!r} is not allowed; allowed: {', '.join(NORMS)}")
+
+
 class MLP(nn.Module):
-    """Fully connected torso: Dense -> activation, for each hidden size."""
+    """Fully connected torso: Dense -> normalisation (`norm`, none by default) -> activation, per hidden size."""
 
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
+    norm: str = "none"
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         for size in self.hidden_sizes:
-            x = ACTIVATIONS[self.activation](orthogonal_dense(size)(x))
+            x = ACTIVATIONS[self.activation](normalization(self.norm, train)(orthogonal_dense(size)(x)))
         return x
 
 
@@ -82,26 +98,29 @@ class MinAtarCNN(nn.Module):
     hidden_size: int = 128
     activation: str = "relu"
     spatial: bool = False
+    norm: str = "none"
+    """Normalisation after the conv and the dense layer (`normalization`)."""
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         act = ACTIVATIONS[self.activation]
         x = x.astype(jnp.float32)
         conv = PatchConv(self.channels, "VALID", nn.initializers.orthogonal(np.sqrt(2)), name="Conv_0")
-        x = act(conv(x))
+        x = act(normalization(self.norm, train)(conv(x)))
         if self.spatial:
             return x
         x = x.reshape(*x.shape[:-3], -1)
-        return act(orthogonal_dense(self.hidden_size)(x))
+        return act(normalization(self.norm, train)(orthogonal_dense(self.hidden_size)(x)))
 
 
-def make_torso(obs_shape: tuple[int, ...], hidden_sizes: Sequence[int], activation: str) -> nn.Module:
-    """A CNN for image-like (H, W, C) observations, else an MLP."""
+def make_torso(obs_shape: tuple[int, ...], hidden_sizes: Sequence[int], activation: str,
+               norm: str = "none") -> nn.Module:
+    """A CNN for image-like (H, W, C) observations, else an MLP; `norm` after each hidden layer."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"activation={activation!r} is not allowed; allowed: {', '.join(ACTIVATIONS)}")
     if len(obs_shape) == 3:
-        return MinAtarCNN(activation="relu" if activation == "tanh" else activation)
-    return MLP(tuple(hidden_sizes), activation)
+        return MinAtarCNN(activation="relu" if activation == "tanh" else activation, norm=norm)
+    return MLP(tuple(hidden_sizes), activation, norm)
 
 
 class ActorCritic(nn.Module):
@@ -151,10 +170,12 @@ class QNetwork(nn.Module):
     dueling: bool = False
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "relu"
+    norm: str = "none"
+    """Normalisation in the torso (`normalization`); with "batch", `train` picks batch or running statistics."""
 
     @nn.compact
-    def __call__(self, obs: jnp.ndarray) -> jnp.ndarray:
-        features = make_torso(self.obs_shape, self.hidden_sizes, self.activation)(obs)
+    def __call__(self, obs: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        features = make_torso(self.obs_shape, self.hidden_sizes, self.activation, self.norm)(obs, train)
         shape = (self.num_actions, self.num_atoms) if self.num_atoms > 1 else (self.num_actions,)
         advantage = orthogonal_dense(int(np.prod(shape)), gain=1.0)(features).reshape(*features.shape[:-1], *shape)
         if not self.dueling:
