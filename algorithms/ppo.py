@@ -28,7 +28,7 @@ from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, ActorCritic
 from rlzoo.returns import gae
-from rlzoo.updates import optimizer_step
+from rlzoo.updates import optimizer_step, shuffled_minibatches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +182,6 @@ def make_train(config: Config) -> Trainer:
     network = ActorCritic(spec.obs_shape, spec.num_actions, spec.discrete, config.hidden_sizes, config.activation)
     num_updates = config.num_updates
     batch_size = config.num_envs * config.num_steps
-    minibatch_size = batch_size // config.num_minibatches
 
     def init(key: jax.Array, hp: HParams) -> TrainState:
         key, net_key, env_key = jax.random.split(key, 3)
@@ -207,10 +206,7 @@ def make_train(config: Config) -> Trainer:
         return (params, opt_state, hp), stats
 
     def update_epoch(carry, key: jax.Array, batch: Batch):
-        permutation = jax.random.permutation(key, batch_size)
-        # jnp.take, not x[permutation]: on XLA CPU the latter's gather runs ~25% slower here.
-        minibatches = jax.tree.map(lambda x: jnp.take(x, permutation, axis=0).reshape(
-            config.num_minibatches, minibatch_size, *x.shape[1:]), batch)
+        minibatches = shuffled_minibatches(key, batch, config.num_minibatches)
         return jax.lax.scan(update_minibatch, carry, minibatches)
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:

@@ -39,7 +39,7 @@ from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, NORMS, QNetwork
 from rlzoo.returns import lambda_returns
 from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
-from rlzoo.updates import optimizer_step
+from rlzoo.updates import optimizer_step, shuffled_minibatches
 from rlzoo.value_based import EVALUATION_EPSILON, epsilon, greedy_or_epsilon_greedy
 
 
@@ -173,7 +173,6 @@ def make_train(config: Config) -> Trainer:
     network = QNetwork(env.spec.obs_shape, num_actions, hidden_sizes=config.hidden_sizes,
                        activation=config.activation, norm=config.norm)
     batch_size = config.num_envs * config.num_steps
-    minibatch_size = batch_size // config.num_minibatches
 
     def q_values(state: TrainState, obs: jax.Array) -> jax.Array:
         """Q(obs, .) for acting and targets: BatchNorm, if used, with its running statistics."""
@@ -212,9 +211,7 @@ def make_train(config: Config) -> Trainer:
         return (params, batch_stats, opt_state, hp), stats
 
     def update_epoch(carry, key: jax.Array, batch: Batch):
-        permutation = jax.random.permutation(key, batch_size)
-        minibatches = jax.tree.map(lambda x: jnp.take(x, permutation, axis=0).reshape(
-            config.num_minibatches, minibatch_size, *x.shape[1:]), batch)
+        minibatches = shuffled_minibatches(key, batch, config.num_minibatches)
         return jax.lax.scan(update_minibatch, carry, minibatches)
 
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:

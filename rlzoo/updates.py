@@ -9,6 +9,9 @@ it to keep a state unchanged before learning starts, or to apply a target update
 only on the steps it is due. Both branches are computed; under `vmap` over
 members, `lax.cond` would become the same select.
 
+`shuffled_minibatches(key, batch, num_minibatches)` is one epoch's split of a flat
+batch (PPO, PQN): a random permutation of the rows, cut into equal minibatches.
+
 `is_due(step, period)` says whether a periodic update (a target refresh, a delayed
 policy step) falls on this step. `polyak(target, online, tau)` is target-network averaging,
 theta_bar <- (1 - tau) theta_bar + tau theta. It is `optax.incremental_update`
@@ -51,3 +54,12 @@ def polyak(target: Tree, online: Tree, tau: Any) -> Tree:
 def is_due(step: jax.Array, period: Any) -> jax.Array:
     """Whether a periodic update is due at `step`: step % period == 0 (a traced float period is truncated)."""
     return step % jnp.asarray(period).astype(jnp.int32) == 0
+
+
+def shuffled_minibatches(key: jax.Array, batch: Tree, num_minibatches: int) -> Tree:
+    """Every leaf's rows [N, ...] permuted alike and cut into [num_minibatches, N // num_minibatches, ...]."""
+    size = jax.tree.leaves(batch)[0].shape[0]
+    permutation = jax.random.permutation(key, size)
+    # jnp.take, not x[permutation]: on XLA CPU the latter's gather ran ~25% slower in PPO.
+    return jax.tree.map(lambda x: jnp.take(x, permutation, axis=0).reshape(
+        num_minibatches, size // num_minibatches, *x.shape[1:]), batch)
