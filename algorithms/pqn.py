@@ -186,13 +186,12 @@ def make_train(config: Config) -> Trainer:
         opt_state = make_optimizer(config, hp).init(params)
         return TrainState(params, batch_stats, opt_state, env_state, obs, key, jnp.zeros((), jnp.int32))
 
-    def env_step(carry: tuple[TrainState, jax.Array], key: jax.Array) -> tuple[tuple[TrainState, jax.Array], Rollout]:
-        state, eps = carry
+    def env_step(state: TrainState, key: jax.Array, eps: jax.Array) -> tuple[TrainState, Rollout]:
         act_key, env_key = jax.random.split(key)
         action = greedy_or_epsilon_greedy(q_values(state, state.obs), act_key, False, eps, num_actions)
         env_state, ts = vec_env.step(env_key, state.env_state, action)
         step = Rollout(state.obs, action, ts.reward, ts.terminated, ts.truncated, ts.final_obs)
-        return (state._replace(env_state=env_state, obs=ts.obs), eps), step
+        return state._replace(env_state=env_state, obs=ts.obs), step
 
     def update_minibatch(carry, batch: Batch):
         params, batch_stats, opt_state, hp = carry
@@ -217,7 +216,8 @@ def make_train(config: Config) -> Trainer:
     def update(state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
         key, rollout_key, epoch_key = jax.random.split(state.key, 3)
         eps = epsilon(hp, state.update_index, config.num_updates)
-        (state, _), rollout = jax.lax.scan(env_step, (state, eps), jax.random.split(rollout_key, config.num_steps))
+        state, rollout = jax.lax.scan(lambda s, k: env_step(s, k, eps), state,
+                                      jax.random.split(rollout_key, config.num_steps))
         chex.assert_shape(rollout.reward, (config.num_steps, config.num_envs))
 
         targets = q_lambda_targets(rollout, q_values(state, rollout.final_obs), hp)
