@@ -17,7 +17,7 @@ default) is what keeps this online TD learning stable (the paper's main result),
 parallel environments decorrelate each batch.
 
 Defaults: purejaxql's `pqn_cartpole.yaml` (32 envs x 64 steps, 5e5 steps, 4 epochs x 16
-minibatches, 2 x 256 ReLU with LayerNorm, lr 1e-4 decayed linearly to 0, max grad norm 10,
+minibatches, 2 x 256 ReLU with LayerNorm, RAdam, lr 1e-4 decayed linearly to 0, max grad norm 10,
 reward scale 0.1, gamma 0.99, lambda 0.95, epsilon 1 -> 0.2 over the first 20% of
 updates). One difference, on purpose: at a time-limit truncation the target bootstraps from
 the true final observation (purejaxql bootstraps from nothing there, as at termination).
@@ -41,6 +41,9 @@ from rlzoo.returns import lambda_returns
 from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
 from rlzoo.updates import optimizer_step, shuffled_minibatches
 from rlzoo.value_based import EVALUATION_EPSILON, epsilon, greedy_or_epsilon_greedy
+
+
+OPTIMIZERS = {"radam": optax.radam, "adam": optax.adam}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,8 @@ class Config:
     """Normalisation after each hidden layer: layer, batch or none."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over all gradient steps."""
+    optimizer: Literal["radam", "adam"] = "radam"
+    """RAdam (Liu et al., 2020), as every purejaxql PQN script uses, or Adam."""
 
     def __post_init__(self):
         check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
@@ -80,6 +85,7 @@ class Config:
         check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
         check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
         check(self.norm in NORMS, "norm", self.norm, f"one of {', '.join(NORMS)}")
+        check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
 
     @property
     def num_updates(self) -> int:
@@ -91,7 +97,7 @@ class HParams:
     """Traced numbers: `vmap` sweeps over any of them in one compiled program."""
 
     lr: float = 1e-4
-    """Adam learning rate (the start of the decay)."""
+    """Learning rate (the start of the decay)."""
     gamma: float = 0.99
     """Discount factor."""
     lam: float = 0.95
@@ -156,13 +162,14 @@ def pqn_loss(q_values: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, ja
 
 
 def make_optimizer(config: Config, hp: HParams) -> optax.GradientTransformation:
-    """Adam after global-norm clipping, its rate decayed linearly to 0 over all gradient steps if asked."""
+    """RAdam or Adam after global-norm clipping, its rate decayed linearly to 0 over all gradient steps if asked."""
     steps = config.num_updates * config.num_epochs * config.num_minibatches
 
     def learning_rate(count):
         return hp.lr * (1.0 - count / steps) if config.anneal_lr else hp.lr
 
-    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(learning_rate))
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm),
+                       OPTIMIZERS[config.optimizer](learning_rate))
 
 
 def make_train(config: Config) -> Trainer:

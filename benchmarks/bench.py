@@ -22,6 +22,10 @@ Benchmarks:
   one after another through one compiled single-run program.
 - `cli_overhead`: `python algorithms/<algo>.py` against the bare compiled program, and its second identical
   run against the first (`bench_cli.measure`, fresh processes).
+- `parity`: one of our algorithms and its reference implementation at the same hyperparameters, budget and
+  seeds, scored alike; ours is a `learn` job, the reference runs its own code from a checkout outside this
+  repository in the peer venv (`make bench-peer`; `benchmarks/peer_*.py`). The summary pairs them: IQM
+  [95% CI] of each, P(ours > reference) [95% CI] and env steps/s side by side.
 
 `--max-minutes` stops starting jobs once the tier has run that long (jobs are ordered by priority), so a
 lent accelerator is never overrun; the jobs not reached are listed in the summary and run at the next call.
@@ -37,6 +41,7 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +58,7 @@ from rlzoo.benchmarks import bench_cli
 from rlzoo.benchmarks.harness import EVAL_KEY, iqm_ci, train_seeds
 from rlzoo.evaluate import greedy_member_returns
 from rlzoo.runner import mean_of_finished, package_version
+from rlzoo.stats import probability_of_improvement, probability_of_improvement_ci
 from rlzoo.sweep import seed_keys
 
 TIERS = ("smoke", "cpu", "gpu")
@@ -194,6 +200,44 @@ def cli_overhead(algo: str, env_id: str, overrides: dict, rounds: int,
     return run
 
 
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+PEER_PYTHON = BENCHMARKS_DIR.parent / ".venv-peer" / "bin" / "python"
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A reference implementation: its script here, and the variable naming its checkout (passed as `flag`)."""
+
+    name: str
+    script: str
+    checkout_variable: str
+    flag: str
+
+
+def peer(reference: Peer, arguments: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
+    """Runs the reference's script in the peer venv with `--<name> value` arguments and its checkout (the
+    folder its environment variable names); the script's one JSON line (scores, times) is the result."""
+
+    def run(folder: Path) -> dict[str, Any]:
+        if not PEER_PYTHON.exists():
+            raise RuntimeError(f"no peer venv at {PEER_PYTHON}: run `make bench-peer` first")
+        checkout = os.environ.get(reference.checkout_variable)
+        if not checkout or not Path(checkout).is_dir():
+            raise RuntimeError(f"{reference.checkout_variable}={checkout!r} is not a folder: set it to a checkout "
+                               f"of {reference.name} (benchmarks/README.md says which repository and commit)")
+        command = [str(PEER_PYTHON), str(BENCHMARKS_DIR / reference.script), reference.flag, checkout,
+                   *[part for name, value in arguments.items() for part in (f"--{name}", str(value))]]
+        done = subprocess.run(command, capture_output=True, text=True)
+        (folder / "peer.log").write_text(done.stderr)
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1:]
+            raise RuntimeError(f"{reference.script} exited with {done.returncode}: {last}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return {**result, "score_iqm_ci": iqm_ci(result["scores"]), "command": " ".join(command)}
+
+    return run
+
+
 # ----------------------------------------------------------------------------- tiers
 
 
@@ -217,18 +261,45 @@ VALUE_BASED_MINATAR = {
     "SPR": {"algo": "spr", "config": {}},
 }
 OFFLINE = ("BC", "IQL", "CQL", "CSVE")
+# PQN on MinAtar: purejaxql's `config/alg/pqn_minatar.yaml` (128 envs x 32 steps, 2 epochs x 32 minibatches,
+# LayerNorm, RAdam lr 5e-4 decayed linearly, max grad norm 10, gamma 0.99, lambda 0.65, epsilon 1 -> 0.05 over
+# the first 10% of updates, rewards unscaled).
+PQN_MINATAR = {"algo": "pqn", "config": dict(num_envs=128, num_steps=32, num_epochs=2, num_minibatches=32),
+               "hparams": dict(lr=5e-4, lam=0.65, eps_end=0.05, exploration_fraction=0.1, reward_scale=1.0)}
+# The games whose dynamics gymnax 0.0.9 (the peers' pinned version) and 1.x (ours) share: 1.x only renamed
+# is_terminal, split off truncation and made observations bool. SpaceInvaders differs (0.0.9 starts with an
+# extra column of aliens), so it is left out of the peer pairs.
+PARITY_GAMES = ("Breakout-MinAtar", "Asterix-MinAtar")
+PEERS = {"PQN": Peer("purejaxql", "peer_pqn.py", "PUREJAXQL_DIR", "--purejaxql-dir")}
+
+
+def parity_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seeds: int, episodes: int) -> list[Job]:
+    """Per (algorithm label, task): ours as a `learn` run and the reference's own code (`PEERS[label]`)."""
+    jobs = []
+    for task in tasks:
+        for label, spec in algos.items():
+            reference = PEERS[label]
+            sizes = {"task": task, "steps": steps, "seeds": seeds, "eval_episodes": episodes}
+            jobs += [Job("parity", f"{label}/{task}/rlzoo", {**sizes, **spec},
+                         learn(spec["algo"], task, steps, seeds, episodes, spec.get("config"), spec.get("hparams"))),
+                     Job("parity", f"{label}/{task}/{reference.name}", {**sizes, "peer": reference.script},
+                         peer(reference, {"env-id": task, "total-timesteps": steps, "num-seeds": seeds,
+                                                 "eval-episodes": episodes}))]
+    return jobs
 
 
 def smoke_jobs() -> list[Job]:
-    """Every benchmark at toy size, one algorithm per kind of learner (on-policy, value-based, actor-critic)
-    and two offline ones; every other job's settings are checked by the tests without training."""
+    """Every benchmark at toy size, one algorithm per kind of learner (on-policy, value-based: PQN as our half of
+    a parity pair, actor-critic) and two offline ones; every other job's settings are checked by the tests
+    without training."""
     tiny_ppo = {"algo": "ppo", "config": dict(num_envs=4, num_steps=32, num_minibatches=2, num_epochs=1)}
-    tiny_iqn = {"algo": "iqn", "config": dict(num_heads=3, learning_starts=64, buffer_size=512, batch_size=16,
-                                              num_envs=4)}
     tiny_sac = {"algo": "sac", "config": dict(learning_starts=64, buffer_size=512, batch_size=16)}
+    tiny_pqn = {"algo": "pqn", "config": dict(num_envs=4, num_steps=32, num_minibatches=2, num_epochs=1)}
     return [
-        *learn_jobs({"PPO": tiny_ppo, "i-QN K=3": tiny_iqn}, ("Breakout-MinAtar",), steps=256, seeds=2, episodes=2),
+        *learn_jobs({"PPO": tiny_ppo}, ("Breakout-MinAtar",), steps=256, seeds=2, episodes=2),
         *learn_jobs({"sac": tiny_sac}, ("Pendulum-v1",), steps=256, seeds=2, episodes=1),
+        # Our half of a parity pair (the reference half needs the peer venv, which the tests do not build).
+        parity_jobs({"PQN": tiny_pqn}, ("Breakout-MinAtar",), steps=256, seeds=2, episodes=2)[0],
         Job("sequence_speed", "test/T=32", {"size": "test", "T": 32}, sequence_speed("test", 32, repeats=1)),
         *[Job("offline_pace", f"{algo}/Pendulum-v1", {"updates": 20}, offline_pace(algo, "Pendulum-v1", 20, 10,
                                                                                    tier_size=2_000,
@@ -249,6 +320,7 @@ def cpu_jobs() -> list[Job]:
         Job("sweep_vs_separate", "ppo/CartPole-v1", {"members": 16, "steps": 100_000},
             sweep_vs_separate(members=16, steps=100_000)),
         *learn_jobs({"PPO": PPO_MINATAR}, ("Breakout-MinAtar",), steps=2_000_000, seeds=5, episodes=10),
+        *parity_jobs({"PQN": PQN_MINATAR}, PARITY_GAMES, steps=2_000_000, seeds=5, episodes=10),
         *learn_jobs(VALUE_BASED_MINATAR, ("Breakout-MinAtar",), steps=100_000, seeds=5, episodes=10),
         *[Job("sequence_speed", f"small/T={t}", {"size": "small", "T": t}, sequence_speed("small", t, repeats=2))
           for t in (128, 1024)],
@@ -265,7 +337,7 @@ def gpu_jobs() -> list[Job]:
                                                       hidden_sizes=(256, 256))}
                   for name in ("sac", "td3")}
     return [
-        *learn_jobs({"PPO": PPO_MINATAR}, MINATAR, steps=10_000_000, seeds=16, episodes=32),
+        *learn_jobs({"PPO": PPO_MINATAR, "PQN": PQN_MINATAR}, MINATAR, steps=10_000_000, seeds=16, episodes=32),
         *[Job("sequence_speed", f"reference/T={t}", {"size": "reference", "T": t},
               sequence_speed("reference", t, repeats=3)) for t in (128, 1024, 4096)],
         Job("sweep_vs_separate", "ppo/CartPole-v1", {"members": 64, "steps": 500_000},
@@ -333,16 +405,17 @@ def summary_tables(results: dict[str, dict[str, Any]], not_reached: list[str]) -
     """Markdown: one table per benchmark, one row per job."""
     columns = {
         "learn": ("score IQM [95% CI]", "env steps/s", "compile s", "run s"),
+        "parity": ("score IQM [95% CI]", "env steps/s", "compile s", "run s"),
         "sequence_speed": ("S5 update s", "GRU update s", "GRU / S5"),
         "offline_pace": ("s per 10k updates", "minutes per 1M updates", "compile s"),
         "sweep_vs_separate": ("members", "sweep run s", "separate run s", "separate / sweep", "same results"),
         "cli_overhead": ("bare run s", "CLI run s", "CLI / bare", "compile s first", "compile s cached",
-                         "first / cached"),
+                         "first / cached", "CLI / rejax"),
     }
 
     def cells(r: dict[str, Any]) -> list[str]:
         b = r["benchmark"]
-        if b == "learn":
+        if b in ("learn", "parity"):
             point, low, high = r["score_iqm_ci"]
             return [f"{point:.1f} [{low:.1f}, {high:.1f}]", f"{r['env_steps_per_s']:,.0f}", f"{r['compile_s']:.1f}",
                     f"{r['run_s']:.1f}"]
@@ -355,7 +428,8 @@ def summary_tables(results: dict[str, dict[str, Any]], not_reached: list[str]) -
                     f"{r['separate_over_sweep_run']:.1f}", str(r["same_results"])]
         return [f"{r['bare_run_s']:.2f}", f"{r['cli_run_s']:.2f}", f"{r['cli_over_bare_run']:.2f}",
                 f"{r['cli_first_compile_s']:.1f}", f"{r['cli_cached_compile_s']:.2f}",
-                f"{r['first_over_cached_compile']:.1f}"]
+                f"{r['first_over_cached_compile']:.1f}",
+                f"{r['cli_over_rejax_run']:.2f}" if "cli_over_rejax_run" in r else ""]
 
     lines = []
     for benchmark, heads in columns.items():
@@ -366,9 +440,33 @@ def summary_tables(results: dict[str, dict[str, Any]], not_reached: list[str]) -
         for r in rows:
             body = [f"failed: {r['error'].splitlines()[0][:160]}"] + [""] * (len(heads) - 1) if "error" in r else cells(r)
             lines.append(f"| {r['unit']} | " + " | ".join(body) + " |")
+    lines += parity_pairs([r for r in results.values() if r["benchmark"] == "parity" and "error" not in r])
     if not_reached:
         lines += ["\nNot reached within --max-minutes (run the command again to add them): " + ", ".join(not_reached)]
     return "\n".join(lines) + "\n"
+
+
+def parity_pairs(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: per (algorithm, task) with both halves done, ours against the reference side by side."""
+    by_pair: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        pair, side = r["unit"].rsplit("/", 1)
+        by_pair.setdefault(pair, {})[side] = r
+    rows = []
+    for pair, sides in by_pair.items():
+        if "rlzoo" not in sides or len(sides) < 2:
+            continue
+        ours, (name, reference) = sides["rlzoo"], next((k, v) for k, v in sides.items() if k != "rlzoo")
+        low, high = probability_of_improvement_ci(np.c_[ours["scores"]], np.c_[reference["scores"]])
+        cells = [f"{p:.1f} [{lo:.1f}, {hi:.1f}]" for p, lo, hi in (ours["score_iqm_ci"], reference["score_iqm_ci"])]
+        rows.append(f"| {pair} | {name} | {cells[0]} | {cells[1]} | "
+                    f"{probability_of_improvement(np.c_[ours['scores']], np.c_[reference['scores']]):.2f} "
+                    f"[{low:.2f}, {high:.2f}] | {ours['env_steps_per_s']:,.0f} | {reference['env_steps_per_s']:,.0f} |")
+    if not rows:
+        return []
+    return ["\n### parity: ours against the reference\n",
+            "| algorithm/task | reference | ours IQM [95% CI] | reference IQM [95% CI] | P(ours > reference) [95% CI] "
+            "| ours env steps/s | reference env steps/s |", "|---" * 7 + "|", *rows]
 
 
 def write_results(tier: str, out: Path, jobs: list[Job], not_reached: list[str]) -> dict[str, Any]:

@@ -12,8 +12,11 @@ process so that no in-memory cache carries over:
   evaluation after each, checkpoints, metrics.csv, plot) and an empty compilation cache folder;
 - CLI, cached: the same command again, with the cache the first run filled.
 
+- rejax (PPO only, where the peer venv of `make bench-peer` exists): rejax's PPO on the same
+  configuration, 1 seed, no evaluation (`peer_ppo.py --peer rejax`), its first call's run time.
+
 `run_s` and `compile_s` of the CLI are read from its summary.json. Ratios use the best of `--rounds`
-rounds: CLI run_s / bare run_s (the harness's cost), and first / cached compile_s.
+rounds: CLI run_s / bare run_s (the harness's cost), first / cached compile_s, and CLI run_s / rejax run_s.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 CASES = {"ppo": "CartPole-v1", "dqn": "CartPole-v1", "sac": "Pendulum-v1"}
 
 BARE = """
@@ -65,6 +69,13 @@ def run_cli(algo: str, env_id: str, run_dir: Path, cache_dir: Path, overrides: d
     return {k: summary[k] for k in ("compile_s", "run_s", "compile_cache")}
 
 
+def run_rejax() -> dict:
+    """rejax's PPO, PureJaxRL's CartPole configuration (= our PPO defaults), 1 seed, in the peer venv."""
+    command = [str(PEER_PYTHON), "benchmarks/peer_ppo.py", "--peer", "rejax", "--num-seeds", "1", "--one-run"]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return {k: v for k, v in json.loads(out.strip().splitlines()[-1]).items() if k in ("compile_s", "run_s")}
+
+
 def measure(algo: str, env_id: str, rounds: int, repeats: int, overrides: dict | None = None,
             run_flags: tuple[str, ...] = ()) -> dict:
     """Bare, CLI first and CLI cached, `rounds` times in fresh processes; the best of each and their ratios."""
@@ -76,6 +87,8 @@ def measure(algo: str, env_id: str, rounds: int, repeats: int, overrides: dict |
             first = run_cli(algo, env_id, scratch / "first", scratch / "cache", overrides, run_flags)
             cached = run_cli(algo, env_id, scratch / "cached", scratch / "cache", overrides, run_flags)
         per_round.append({"bare": bare, "cli_first": first, "cli_cached": cached})
+        if algo == "ppo" and not overrides and not run_flags and PEER_PYTHON.exists():
+            per_round[-1]["rejax"] = run_rejax()
         print(json.dumps({algo: per_round[-1]}), flush=True)
     best = lambda key, field: min(r[key][field] for r in per_round)  # noqa: E731
     result = {
@@ -87,6 +100,9 @@ def measure(algo: str, env_id: str, rounds: int, repeats: int, overrides: dict |
     }
     result["cli_over_bare_run"] = result["cli_run_s"] / result["bare_run_s"]
     result["first_over_cached_compile"] = result["cli_first_compile_s"] / result["cli_cached_compile_s"]
+    if all("rejax" in r for r in per_round):
+        result["rejax_run_s"] = best("rejax", "run_s")
+        result["cli_over_rejax_run"] = result["cli_run_s"] / result["rejax_run_s"]
     return result
 
 
@@ -104,6 +120,8 @@ def main() -> None:
         print(f"| {algo} | {r['env_id']} | {r['bare_run_s']:.2f} | {r['cli_run_s']:.2f} | "
               f"{r['cli_over_bare_run']:.2f} | {r['bare_compile_s']:.1f}, {r['cli_first_compile_s']:.1f}, "
               f"{r['cli_cached_compile_s']:.2f} | {r['first_over_cached_compile']:.1f} |")
+        if "rejax_run_s" in r:
+            print(f"  {algo}: rejax run s {r['rejax_run_s']:.2f}, CLI / rejax {r['cli_over_rejax_run']:.2f}")
     if args.out:
         import jax
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_pqn_throughput.py
 
-PQN with purejaxql's MinAtar settings (128 envs x 32 steps, 2 epochs x 32 minibatches); DQN with its defaults.
+PQN with purejaxql's MinAtar settings (`bench.PQN_MINATAR`); DQN with its defaults.
 Each program is compiled, then run twice (best kept); PQN is timed before and after DQN, and the slower PQN
 time is the one compared.
 """
@@ -14,6 +14,7 @@ import time
 import jax
 
 from rlzoo.algorithms import dqn, pqn
+from rlzoo.benchmarks.bench import PQN_MINATAR
 from rlzoo.sweep import seed_keys
 
 STEPS = 200_704  # a multiple of PQN's 128 x 32 steps per update and of DQN's 10 envs
@@ -35,9 +36,8 @@ def time_trainer(trainer, hparams, repeats: int = 2) -> dict:
 
 
 def main() -> None:
-    pqn_trainer = pqn.make_train(pqn.Config(env_id="Breakout-MinAtar", total_timesteps=STEPS, num_envs=128,
-                                            num_steps=32, num_epochs=2, num_minibatches=32))
-    pqn_hparams = pqn.HParams(lr=5e-4, lam=0.65, eps_end=0.05, exploration_fraction=0.1, reward_scale=1.0)
+    pqn_trainer = pqn.make_train(pqn.Config(env_id="Breakout-MinAtar", total_timesteps=STEPS, **PQN_MINATAR["config"]))
+    pqn_hparams = pqn.HParams(**PQN_MINATAR["hparams"])
     dqn_trainer = dqn.make_train(dqn.Config(env_id="Breakout-MinAtar", total_timesteps=STEPS))
     results = {}
     for name, trainer, hparams in (("pqn", pqn_trainer, pqn_hparams), ("dqn", dqn_trainer, dqn.HParams()),

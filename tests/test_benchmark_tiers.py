@@ -8,7 +8,7 @@ import pytest
 
 from rlzoo.benchmarks import bench
 
-BENCHMARKS = {"learn", "sequence_speed", "offline_pace", "sweep_vs_separate", "cli_overhead"}
+BENCHMARKS = {"learn", "sequence_speed", "offline_pace", "sweep_vs_separate", "cli_overhead", "parity"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_the_smoke_tier_runs_every_benchmark_and_records_the_machine(smoke):
 
 def test_the_smoke_results_are_measurements_of_the_right_shape(smoke):
     jobs = smoke[1]["jobs"]
-    for r in (r for r in jobs.values() if r["benchmark"] == "learn"):
+    for r in (r for r in jobs.values() if r["benchmark"] in ("learn", "parity")):
         assert len(r["scores"]) == r["sizes"]["seeds"] and np.isfinite(r["scores"]).all()
         low, high = r["score_iqm_ci"][1:]
         assert low <= r["score_iqm_ci"][0] <= high
@@ -69,7 +69,7 @@ def test_a_failing_job_is_recorded_and_the_next_one_still_runs(tmp_path, monkeyp
 @pytest.mark.parametrize("tier", bench.TIERS)
 def test_every_learn_job_of_every_tier_has_settings_its_algorithm_accepts(tier):
     """The jobs the smoke tier does not train are built (Config and HParams validated) without training."""
-    jobs = [job for job in bench.TIER_JOBS[tier]() if job.benchmark == "learn"]
+    jobs = [job for job in bench.TIER_JOBS[tier]() if job.benchmark == "learn" or job.unit.endswith("/rlzoo")]
     assert jobs
     for job in jobs:
         sizes = job.sizes
@@ -80,7 +80,8 @@ def test_every_learn_job_of_every_tier_has_settings_its_algorithm_accepts(tier):
 
 def test_the_gpu_tier_covers_every_benchmark_and_a_deadline_leaves_the_rest_for_later(tmp_path, monkeypatch):
     gpu = bench.gpu_jobs()
-    assert {job.benchmark for job in gpu} == BENCHMARKS
+    # Not parity: a lent accelerator reaches no package index, so the peer venv cannot be built there.
+    assert {job.benchmark for job in gpu} == BENCHMARKS - {"parity"}
     learn = {job.unit for job in gpu if job.benchmark == "learn"}
     assert {f"PPO/{game}" for game in bench.MINATAR} <= learn and "sac/brax/hopper" in learn
     monkeypatch.setitem(bench.TIER_JOBS, "gpu", lambda: [bench.Job("learn", f"job{i}", {}, lambda f: {})
@@ -88,3 +89,27 @@ def test_the_gpu_tier_covers_every_benchmark_and_a_deadline_leaves_the_rest_for_
     payload = bench.run_tier("gpu", tmp_path, max_minutes=-1.0)  # the deadline has passed before the first job
     assert payload["not_reached"] == ["learn__job0", "learn__job1", "learn__job2"] and not payload["jobs"]
     assert json.loads((tmp_path / "gpu" / "results.json").read_text())["not_reached"] == payload["not_reached"]
+
+
+def test_the_parity_summary_sets_ours_beside_the_reference_with_p_of_improvement():
+    ours, reference = [3.0, 4.0, 5.0, 6.0, 7.0], [1.0, 2.0, 3.0, 4.0, 5.0]
+    wins = sum((o > r) + 0.5 * (o == r) for o in ours for r in reference) / (len(ours) * len(reference))
+    half = dict(benchmark="parity", score_iqm_ci=[5.0, 4.0, 6.0])
+    results = [{**half, "unit": "PQN/Breakout-MinAtar/rlzoo", "scores": ours, "env_steps_per_s": 12_000.0},
+               {**half, "unit": "PQN/Breakout-MinAtar/purejaxql", "scores": reference, "env_steps_per_s": 9_000.0}]
+    row = bench.parity_pairs(results)[-1]
+    assert row.startswith("| PQN/Breakout-MinAtar | purejaxql | 5.0 [4.0, 6.0] |")
+    assert f"| {wins:.2f} [" in row and row.endswith("| 12,000 | 9,000 |")
+    assert bench.parity_pairs(results[:1]) == []  # a pair without its reference is not reported
+
+
+def test_a_reference_run_without_its_checkout_says_which_variable_to_set(tmp_path, monkeypatch):
+    python = tmp_path / "python"
+    python.touch()
+    monkeypatch.setattr(bench, "PEER_PYTHON", python)
+    monkeypatch.delenv("PUREJAXQL_DIR", raising=False)
+    with pytest.raises(RuntimeError, match="PUREJAXQL_DIR=None is not a folder.*purejaxql"):
+        bench.peer(bench.PEERS["PQN"], {})(tmp_path)
+    monkeypatch.setattr(bench, "PEER_PYTHON", tmp_path / "missing")
+    with pytest.raises(RuntimeError, match="make bench-peer"):
+        bench.peer(bench.PEERS["PQN"], {})(tmp_path)

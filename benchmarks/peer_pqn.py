@@ -1,0 +1,155 @@
+"""Train purejaxql's PQN (MinAtar script and config) and score it as rlzoo's benchmarks score ours.
+
+Run with the PEER venv (gymnax 0.0.x), from a purejaxql checkout outside this repository:
+
+    .venv-peer/bin/python benchmarks/peer_pqn.py --purejaxql-dir /tmp/purejaxql \\
+        --env-id Breakout-MinAtar --total-timesteps 2000000 --num-seeds 5 > pqn_peer.json
+
+`--purejaxql-dir` is a checkout of github.com/mttga/purejaxql (the repo root, holding
+`purejaxql/pqn_minatar.py` and `purejaxql/config/alg/pqn_minatar.yaml`); its `make_train` is
+imported and run unchanged with that YAML's hyperparameters, except:
+
+* TOTAL_TIMESTEPS and TOTAL_TIMESTEPS_DECAY = `--total-timesteps` (so epsilon's and the learning
+  rate's schedules span the run, as ours do);
+* TEST_DURING_TRAINING off (`--test-during-training` turns it on): its greedy test is 128 envs x
+  1000 steps every 5% of the updates, more env steps than a 2e6-step run trains on, so timing
+  with it on measures mostly evaluation (the benchmark README gives both);
+* WANDB_MODE disabled. hydra, omegaconf and wandb are replaced by placeholder modules when they
+  are not installed (only purejaxql's command-line entry point uses them).
+
+All seeds are one `jax.jit(jax.vmap(train))` program (purejaxql's own way), keys
+`jax.random.split(PRNGKey(seed), num_seeds)`; compile and run are timed apart. The score of a seed,
+as in rlzoo's benchmarks (`rlzoo.evaluate.greedy_member_returns`): the mean return of
+`--eval-episodes` greedy episodes (epsilon 0, the first episode of each of that many parallel envs,
+at most max_steps_in_episode steps) of the final network. Exactly one JSON line goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+import time
+import types
+
+from peer_ppo import SCHED_FLAG, log
+
+
+def placeholder_modules() -> None:
+    """hydra, omegaconf and wandb, if missing, as modules good enough for importing pqn_minatar.py."""
+    def missing(attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def unavailable(*args, **kwargs):
+            raise ImportError(f"{attr} belongs to a placeholder module (its package is not installed)")
+        return unavailable
+
+    for name in ("hydra", "omegaconf", "wandb"):
+        if importlib.util.find_spec(name) is None:
+            module = types.ModuleType(name)
+            module.__getattr__ = missing
+            if name == "hydra":
+                module.main = lambda **kwargs: (lambda function: function)  # the decorator on its main()
+            sys.modules[name] = module
+            log(f"[peer_pqn] {name} not installed; using a placeholder module")
+
+
+def load_purejaxql(checkout: str):
+    """(pqn_minatar module, the MinAtar YAML as a dict) from a purejaxql checkout."""
+    import yaml
+
+    root = os.path.abspath(checkout)
+    script = os.path.join(root, "purejaxql", "pqn_minatar.py")
+    if not os.path.isfile(script):
+        sys.exit(f"no purejaxql/pqn_minatar.py under {checkout}")
+    sys.path.insert(0, root)
+    placeholder_modules()
+    module = importlib.import_module("purejaxql.pqn_minatar")
+    with open(os.path.join(root, "purejaxql", "config", "alg", "pqn_minatar.yaml")) as f:
+        return module, yaml.safe_load(f)
+
+
+def greedy_returns(network, variables, env, env_params, key, episodes: int):
+    """Mean return of the first episode of `episodes` parallel envs under argmax_a Q (gymnax 0.0.x API)."""
+    import jax
+    import jax.numpy as jnp
+
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, episodes), env_params)
+
+    def step(carry, step_key):
+        obs, state, returns, finished = carry
+        actions = jnp.argmax(network.apply(variables, obs, train=False), axis=-1)
+        obs, state, reward, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(step_key, episodes), state, actions, env_params)
+        returns = returns + jnp.where(finished, 0.0, reward)
+        return (obs, state, returns, finished | done.astype(bool)), None
+
+    init = (obs, state, jnp.zeros(episodes), jnp.zeros(episodes, bool))
+    steps = jax.random.split(jax.random.fold_in(key, 1), env_params.max_steps_in_episode)
+    (_, _, returns, _), _ = jax.lax.scan(step, init, steps)
+    return returns.mean()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--purejaxql-dir", required=True)
+    parser.add_argument("--env-id", default="Breakout-MinAtar")
+    parser.add_argument("--total-timesteps", type=int, default=2_000_000)
+    parser.add_argument("--num-seeds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--test-during-training", action="store_true")
+    args = parser.parse_args()
+    # The flag rlzoo sets on import (see peer_ppo.py): the same XLA configuration for both sides.
+    if SCHED_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SCHED_FLAG}=false".strip()
+    import gymnax
+    import jax
+    import numpy as np
+
+    module, alg = load_purejaxql(args.purejaxql_dir)
+    config = {**alg, "ENV_NAME": args.env_id, "TOTAL_TIMESTEPS": args.total_timesteps,
+              "TOTAL_TIMESTEPS_DECAY": args.total_timesteps, "TEST_DURING_TRAINING": args.test_during_training,
+              "WANDB_MODE": "disabled", "NUM_SEEDS": args.num_seeds, "SEED": args.seed}
+    train = module.make_train(config)
+    keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_seeds)
+    log(f"[peer_pqn] purejaxql PQN on {args.env_id}: jax {jax.__version__}, {args.num_seeds} seeds, "
+        f"{args.total_timesteps} steps, test during training {args.test_during_training}")
+
+    start = time.perf_counter()
+    program = jax.jit(jax.vmap(train)).lower(keys).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    out = jax.block_until_ready(program(keys))
+    run_s = time.perf_counter() - start
+    log(f"[peer_pqn] compile {compile_s:.1f} s, run {run_s:.1f} s")
+
+    env, env_params = gymnax.make(args.env_id)
+    network = module.QNetwork(action_dim=env.action_space(env_params).n, norm_type=config["NORM_TYPE"],
+                              norm_input=config.get("NORM_INPUT", False))
+    state = out["runner_state"][0]
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    eval_keys = jax.random.split(jax.random.PRNGKey(12345), args.num_seeds)
+    score = jax.jit(jax.vmap(lambda v, k: greedy_returns(network, v, env, env_params, k, args.eval_episodes)))
+    scores = np.asarray(score(variables, eval_keys), np.float64)
+    training = np.asarray(out["metrics"]["returned_episode_returns"])  # [seeds, updates], mean over the rollout
+    env_steps = int(np.asarray(out["metrics"]["env_step"])[0, -1])
+    result = {"peer": "purejaxql", "script": "purejaxql/pqn_minatar.py", "env_id": args.env_id,
+              "num_seeds": args.num_seeds, "env_steps_per_seed": env_steps, "scores": scores.tolist(),
+              "compile_s": round(compile_s, 2), "run_s": round(run_s, 2),
+              "env_steps_per_s": env_steps * args.num_seeds / run_s,
+              "final_training_return": float(training[:, -max(1, training.shape[1] // 20):].mean()),
+              "test_during_training": args.test_during_training,
+              "hyperparameters": {k: v for k, v in config.items() if k.isupper()},
+              "jax": jax.__version__, "gymnax": importlib.metadata.version("gymnax"),
+              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
