@@ -206,12 +206,14 @@ PEER_PYTHON = BENCHMARKS_DIR.parent / ".venv-peer" / "bin" / "python"
 
 @dataclasses.dataclass(frozen=True)
 class Peer:
-    """A reference implementation: its script here, and the variable naming its checkout (passed as `flag`)."""
+    """A reference implementation: its script here, the variable naming its checkout (passed as `flag`), and
+    switches the script always gets (`switches`, each documented in the script)."""
 
     name: str
     script: str
     checkout_variable: str
     flag: str
+    switches: tuple[str, ...] = ()
 
 
 def peer(reference: Peer, arguments: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
@@ -226,7 +228,7 @@ def peer(reference: Peer, arguments: dict[str, Any]) -> Callable[[Path], dict[st
             raise RuntimeError(f"{reference.checkout_variable}={checkout!r} is not a folder: set it to a checkout "
                                f"of {reference.name} (benchmarks/README.md says which repository and commit)")
         command = [str(PEER_PYTHON), str(BENCHMARKS_DIR / reference.script), reference.flag, checkout,
-                   *[part for name, value in arguments.items() for part in (f"--{name}", str(value))]]
+                   *reference.switches, *[part for name, value in arguments.items() for part in (f"--{name}", str(value))]]
         done = subprocess.run(command, capture_output=True, text=True)
         (folder / "peer.log").write_text(done.stderr)
         if done.returncode != 0:
@@ -270,7 +272,10 @@ PQN_MINATAR = {"algo": "pqn", "config": dict(num_envs=128, num_steps=32, num_epo
 # is_terminal, split off truncation and made observations bool. SpaceInvaders differs (0.0.9 starts with an
 # extra column of aliens), so it is left out of the peer pairs.
 PARITY_GAMES = ("Breakout-MinAtar", "Asterix-MinAtar")
-PEERS = {"PQN": Peer("purejaxql", "peer_pqn.py", "PUREJAXQL_DIR", "--purejaxql-dir")}
+# --conv-as-matmul: XLA CPU runs purejaxql's seed-vmapped nn.Conv as a grouped convolution, 4.3x slower at 5
+# seeds (benchmarks/README.md); the same convolution as a matmul keeps its algorithm and makes 2e6 steps x 5
+# seeds fit a CPU session.
+PEERS = {"PQN": Peer("purejaxql", "peer_pqn.py", "PUREJAXQL_DIR", "--purejaxql-dir", ("--conv-as-matmul",))}
 
 
 def parity_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seeds: int, episodes: int) -> list[Job]:
@@ -282,7 +287,8 @@ def parity_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seed
             sizes = {"task": task, "steps": steps, "seeds": seeds, "eval_episodes": episodes}
             jobs += [Job("parity", f"{label}/{task}/rlzoo", {**sizes, **spec},
                          learn(spec["algo"], task, steps, seeds, episodes, spec.get("config"), spec.get("hparams"))),
-                     Job("parity", f"{label}/{task}/{reference.name}", {**sizes, "peer": reference.script},
+                     Job("parity", f"{label}/{task}/{reference.name}",
+                         {**sizes, "peer": reference.script, "switches": list(reference.switches)},
                          peer(reference, {"env-id": task, "total-timesteps": steps, "num-seeds": seeds,
                                                  "eval-episodes": episodes}))]
     return jobs

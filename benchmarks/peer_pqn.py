@@ -59,6 +59,36 @@ def placeholder_modules() -> None:
             log(f"[peer_pqn] {name} not installed; using a placeholder module")
 
 
+def convolutions_as_matmuls() -> None:
+    """Replaces flax's `nn.Conv` by the same 3x3 convolution written as one matmul over shifted copies (im2col).
+
+    Same parameters (kernel [3, 3, C, F], bias) and outputs up to float rounding, so purejaxql's algorithm is
+    unchanged. Why: XLA CPU lowers a convolution whose weights are vmapped over seeds to a grouped
+    convolution, many times slower per seed (rlzoo's `PatchConv` exists for the same reason); on a GPU it does
+    not matter. The benchmark README reports the peer's speed with and without this.
+    """
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    class MatmulConv(nn.Module):
+        features: int
+        kernel_size: tuple = (3, 3)
+        strides: int = 1
+        padding: str = "VALID"
+        kernel_init: object = nn.initializers.lecun_normal()
+
+        @nn.compact
+        def __call__(self, x):
+            assert tuple(self.kernel_size) == (3, 3) and self.strides in (1, (1, 1)) and self.padding == "VALID"
+            kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
+            bias = self.param("bias", nn.initializers.zeros, (self.features,))
+            h, w = x.shape[-3] - 2, x.shape[-2] - 2
+            shifted = [x[..., i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+            return jnp.concatenate(shifted, axis=-1) @ kernel.reshape(-1, self.features) + bias
+
+    nn.Conv = MatmulConv
+
+
 def load_purejaxql(checkout: str):
     """(pqn_minatar module, the MinAtar YAML as a dict) from a purejaxql checkout."""
     import yaml
@@ -104,6 +134,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--test-during-training", action="store_true")
+    parser.add_argument("--conv-as-matmul", action="store_true",
+                        help="run purejaxql's conv as an equivalent matmul (see convolutions_as_matmuls)")
     args = parser.parse_args()
     # The flag rlzoo sets on import (see peer_ppo.py): the same XLA configuration for both sides.
     if SCHED_FLAG not in os.environ.get("XLA_FLAGS", ""):
@@ -112,6 +144,8 @@ def main() -> None:
     import jax
     import numpy as np
 
+    if args.conv_as_matmul:
+        convolutions_as_matmuls()
     module, alg = load_purejaxql(args.purejaxql_dir)
     config = {**alg, "ENV_NAME": args.env_id, "TOTAL_TIMESTEPS": args.total_timesteps,
               "TOTAL_TIMESTEPS_DECAY": args.total_timesteps, "TEST_DURING_TRAINING": args.test_during_training,
@@ -144,7 +178,7 @@ def main() -> None:
               "compile_s": round(compile_s, 2), "run_s": round(run_s, 2),
               "env_steps_per_s": env_steps * args.num_seeds / run_s,
               "final_training_return": float(training[:, -max(1, training.shape[1] // 20):].mean()),
-              "test_during_training": args.test_during_training,
+              "test_during_training": args.test_during_training, "conv_as_matmul": args.conv_as_matmul,
               "hyperparameters": {k: v for k, v in config.items() if k.isupper()},
               "jax": jax.__version__, "gymnax": importlib.metadata.version("gymnax"),
               "xla_flags": os.environ.get("XLA_FLAGS", "")}
