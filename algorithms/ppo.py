@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check, check_rollout_sizes
 from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, ActorCritic
@@ -61,14 +61,7 @@ class Config:
     """Physics backend for brax/<name> ids."""
 
     def __post_init__(self):
-        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
-        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        batch = self.num_envs * self.num_steps
-        check(batch % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
-              f"must divide num_envs * num_steps = {batch}")
-        check(self.total_timesteps >= batch, "total_timesteps", self.total_timesteps,
-              f"must be at least one rollout, num_envs * num_steps = {batch}")
+        check_rollout_sizes(self)
         check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
         check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
 

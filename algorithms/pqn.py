@@ -38,7 +38,7 @@ from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.envs import make_env
 from rlzoo.networks import ACTIVATIONS, NORMS, QNetwork
 from rlzoo.returns import lambda_returns
-from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer, check
+from rlzoo.trainer import POSITIVE, UNIT_INTERVAL, Range, Trainer, check, check_rollout_sizes
 from rlzoo.updates import optimizer_step, shuffled_minibatches
 from rlzoo.value_based import EVALUATION_EPSILON, epsilon, greedy_or_epsilon_greedy
 
@@ -74,14 +74,7 @@ class Config:
     """RAdam (Liu et al., 2020), as every purejaxql PQN script uses, or Adam."""
 
     def __post_init__(self):
-        check(self.total_timesteps > 0, "total_timesteps", self.total_timesteps, "must be > 0")
-        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        batch = self.num_envs * self.num_steps
-        check(batch % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
-              f"must divide num_envs * num_steps = {batch}")
-        check(self.total_timesteps >= batch, "total_timesteps", self.total_timesteps,
-              f"must be at least one rollout, num_envs * num_steps = {batch}")
+        check_rollout_sizes(self)
         check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
         check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
         check(self.norm in NORMS, "norm", self.norm, f"one of {', '.join(NORMS)}")

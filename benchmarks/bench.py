@@ -228,7 +228,8 @@ def peer(reference: Peer, arguments: dict[str, Any]) -> Callable[[Path], dict[st
             raise RuntimeError(f"{reference.checkout_variable}={checkout!r} is not a folder: set it to a checkout "
                                f"of {reference.name} (benchmarks/README.md says which repository and commit)")
         command = [str(PEER_PYTHON), str(BENCHMARKS_DIR / reference.script), reference.flag, checkout,
-                   *reference.switches, *[part for name, value in arguments.items() for part in (f"--{name}", str(value))]]
+                   *reference.switches,
+                   *[part for name, value in arguments.items() for part in (f"--{name}", str(value))]]
         done = subprocess.run(command, capture_output=True, text=True)
         (folder / "peer.log").write_text(done.stderr)
         if done.returncode != 0:
@@ -463,10 +464,10 @@ def parity_pairs(results: list[dict[str, Any]]) -> list[str]:
         if "rlzoo" not in sides or len(sides) < 2:
             continue
         ours, (name, reference) = sides["rlzoo"], next((k, v) for k, v in sides.items() if k != "rlzoo")
-        low, high = probability_of_improvement_ci(np.c_[ours["scores"]], np.c_[reference["scores"]])
+        x, y = np.c_[ours["scores"]], np.c_[reference["scores"]]  # [seeds, 1 task]
+        low, high = probability_of_improvement_ci(x, y)
         cells = [f"{p:.1f} [{lo:.1f}, {hi:.1f}]" for p, lo, hi in (ours["score_iqm_ci"], reference["score_iqm_ci"])]
-        rows.append(f"| {pair} | {name} | {cells[0]} | {cells[1]} | "
-                    f"{probability_of_improvement(np.c_[ours['scores']], np.c_[reference['scores']]):.2f} "
+        rows.append(f"| {pair} | {name} | {cells[0]} | {cells[1]} | {probability_of_improvement(x, y):.2f} "
                     f"[{low:.2f}, {high:.2f}] | {ours['env_steps_per_s']:,.0f} | {reference['env_steps_per_s']:,.0f} |")
     if not rows:
         return []

@@ -57,6 +57,19 @@ def check(condition: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{field}={value!r} is not allowed: {allowed}")
 
 
+def check_rollout_sizes(config: Any) -> None:
+    """The budget and rollout sizes of an on-policy `Config` (PPO, PQN): each count >= 1, the minibatches
+    dividing the num_envs * num_steps batch, and at least one rollout in total_timesteps."""
+    check(config.total_timesteps > 0, "total_timesteps", config.total_timesteps, "must be > 0")
+    for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
+        check(getattr(config, name) >= 1, name, getattr(config, name), "must be >= 1")
+    batch = config.num_envs * config.num_steps
+    check(batch % config.num_minibatches == 0, "num_minibatches", config.num_minibatches,
+          f"must divide num_envs * num_steps = {batch}")
+    check(config.total_timesteps >= batch, "total_timesteps", config.total_timesteps,
+          f"must be at least one rollout, num_envs * num_steps = {batch}")
+
+
 def check_scalar(**scalars: Any) -> None:
     """Raises a ValueError unless each value is a scalar (a float or a 0-d, possibly traced, array)."""
     import jax.numpy as jnp
