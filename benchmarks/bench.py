@@ -206,14 +206,16 @@ PEER_PYTHON = BENCHMARKS_DIR.parent / ".venv-peer" / "bin" / "python"
 
 @dataclasses.dataclass(frozen=True)
 class Peer:
-    """A reference implementation: its script here, the variable naming its checkout (passed as `flag`), and
-    switches the script always gets (`switches`, each documented in the script)."""
+    """A reference implementation: its script here, the variable naming its checkout (passed as `flag`),
+    switches the script always gets (`switches`, each documented in the script), and whether it is given our
+    spec's hyperparameters as flags (`given_hyperparameters`; else it reads the reference's own config file)."""
 
     name: str
     script: str
     checkout_variable: str
     flag: str
     switches: tuple[str, ...] = ()
+    given_hyperparameters: bool = False
 
 
 def peer(reference: Peer, arguments: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
@@ -275,8 +277,18 @@ PQN_MINATAR = {"algo": "pqn", "config": dict(num_envs=128, num_steps=32, num_epo
 PARITY_GAMES = ("Breakout-MinAtar", "Asterix-MinAtar")
 # --conv-as-matmul: XLA CPU runs purejaxql's seed-vmapped nn.Conv as a grouped convolution, 4.3x slower at 5
 # seeds (benchmarks/README.md); the same convolution as a matmul keeps its algorithm and makes 2e6 steps x 5
-# seeds fit a CPU session.
-PEERS = {"PQN": Peer("purejaxql", "peer_pqn.py", "PUREJAXQL_DIR", "--purejaxql-dir", ("--conv-as-matmul",))}
+# seeds fit a CPU session. PureJaxRL's PPO has no MinAtar config: it gets PPO_MINATAR's values as flags and
+# trains our MinAtar network (peer_ppo_minatar.py says why and how).
+PEERS = {"PQN": Peer("purejaxql", "peer_pqn.py", "PUREJAXQL_DIR", "--purejaxql-dir", ("--conv-as-matmul",)),
+         "PPO": Peer("purejaxrl", "peer_ppo_minatar.py", "PUREJAXRL_DIR", "--purejaxrl-dir",
+                     given_hyperparameters=True)}
+
+
+def hyperparameter_flags(spec: dict) -> dict[str, Any]:
+    """A spec's Config and HParams values as `--name value` arguments of a peer script (activation excepted: the
+    peer scripts fix the network)."""
+    values = {**spec.get("config", {}), **spec.get("hparams", {})}
+    return {name.replace("_", "-"): value for name, value in values.items() if name != "activation"}
 
 
 def parity_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seeds: int, episodes: int) -> list[Job]:
@@ -291,7 +303,8 @@ def parity_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seed
                      Job("parity", f"{label}/{task}/{reference.name}",
                          {**sizes, "peer": reference.script, "switches": list(reference.switches)},
                          peer(reference, {"env-id": task, "total-timesteps": steps, "num-seeds": seeds,
-                                                 "eval-episodes": episodes}))]
+                                          "eval-episodes": episodes,
+                                          **(hyperparameter_flags(spec) if reference.given_hyperparameters else {})}))]
     return jobs
 
 
@@ -326,8 +339,7 @@ def cpu_jobs() -> list[Job]:
           for algo, env in bench_cli.CASES.items()],
         Job("sweep_vs_separate", "ppo/CartPole-v1", {"members": 16, "steps": 100_000},
             sweep_vs_separate(members=16, steps=100_000)),
-        *learn_jobs({"PPO": PPO_MINATAR}, ("Breakout-MinAtar",), steps=2_000_000, seeds=5, episodes=10),
-        *parity_jobs({"PQN": PQN_MINATAR}, PARITY_GAMES, steps=2_000_000, seeds=5, episodes=10),
+        *parity_jobs({"PQN": PQN_MINATAR, "PPO": PPO_MINATAR}, PARITY_GAMES, steps=2_000_000, seeds=5, episodes=10),
         *learn_jobs(VALUE_BASED_MINATAR, ("Breakout-MinAtar",), steps=100_000, seeds=5, episodes=10),
         *[Job("sequence_speed", f"small/T={t}", {"size": "small", "T": t}, sequence_speed("small", t, repeats=2))
           for t in (128, 1024)],

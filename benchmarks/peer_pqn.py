@@ -59,10 +59,11 @@ def placeholder_modules() -> None:
             log(f"[peer_pqn] {name} not installed; using a placeholder module")
 
 
-def convolutions_as_matmuls() -> None:
-    """Replaces flax's `nn.Conv` by the same 3x3 convolution written as one matmul over shifted copies (im2col).
+def matmul_conv():
+    """A module class standing in for flax's `nn.Conv`: the same 3x3 convolution written as one matmul over
+    shifted copies (im2col).
 
-    Same parameters (kernel [3, 3, C, F], bias) and outputs up to float rounding, so purejaxql's algorithm is
+    Same parameters (kernel [3, 3, C, F], bias) and outputs up to float rounding, so a peer's algorithm is
     unchanged. Why: XLA CPU lowers a convolution whose weights are vmapped over seeds to a grouped
     convolution, many times slower per seed (rlzoo's `PatchConv` exists for the same reason); on a GPU it does
     not matter. The benchmark README reports the peer's speed with and without this.
@@ -86,7 +87,14 @@ def convolutions_as_matmuls() -> None:
             shifted = [x[..., i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
             return jnp.concatenate(shifted, axis=-1) @ kernel.reshape(-1, self.features) + bias
 
-    nn.Conv = MatmulConv
+    return MatmulConv
+
+
+def convolutions_as_matmuls() -> None:
+    """flax's `nn.Conv` replaced by `matmul_conv()` for every module defined after this call."""
+    import flax.linen as nn
+
+    nn.Conv = matmul_conv()
 
 
 def load_purejaxql(checkout: str):
@@ -104,8 +112,9 @@ def load_purejaxql(checkout: str):
         return module, yaml.safe_load(f)
 
 
-def greedy_returns(network, variables, env, env_params, key, episodes: int):
-    """Mean return of the first episode of `episodes` parallel envs under argmax_a Q (gymnax 0.0.x API)."""
+def greedy_returns(greedy_action, env, env_params, key, episodes: int):
+    """Mean return of the first episode of `episodes` parallel envs under `greedy_action(obs) -> actions`
+    (gymnax 0.0.x API)."""
     import jax
     import jax.numpy as jnp
 
@@ -113,7 +122,7 @@ def greedy_returns(network, variables, env, env_params, key, episodes: int):
 
     def step(carry, step_key):
         obs, state, returns, finished = carry
-        actions = jnp.argmax(network.apply(variables, obs, train=False), axis=-1)
+        actions = greedy_action(obs)
         obs, state, reward, done, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(step_key, episodes), state, actions, env_params)
         returns = returns + jnp.where(finished, 0.0, reward)
@@ -169,7 +178,8 @@ def main() -> None:
     state = out["runner_state"][0]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     eval_keys = jax.random.split(jax.random.PRNGKey(12345), args.num_seeds)
-    score = jax.jit(jax.vmap(lambda v, k: greedy_returns(network, v, env, env_params, k, args.eval_episodes)))
+    argmax_q = lambda v: lambda obs: jax.numpy.argmax(network.apply(v, obs, train=False), axis=-1)  # noqa: E731
+    score = jax.jit(jax.vmap(lambda v, k: greedy_returns(argmax_q(v), env, env_params, k, args.eval_episodes)))
     scores = np.asarray(score(variables, eval_keys), np.float64)
     training = np.asarray(out["metrics"]["returned_episode_returns"])  # [seeds, updates], mean over the rollout
     env_steps = int(np.asarray(out["metrics"]["env_step"])[0, -1])

@@ -113,3 +113,20 @@ def test_a_reference_run_without_its_checkout_says_which_variable_to_set(tmp_pat
     monkeypatch.setattr(bench, "PEER_PYTHON", tmp_path / "missing")
     with pytest.raises(RuntimeError, match="make bench-peer"):
         bench.peer(bench.PEERS["PQN"], {})(tmp_path)
+
+
+def test_a_peer_given_our_hyperparameters_accepts_each_of_them_as_a_flag():
+    """PureJaxRL's PPO has no MinAtar config: the parity job passes PPO_MINATAR's values, and the peer script
+    must know every one of them (argparse refuses an unknown flag only when the peer runs, hours later)."""
+    import subprocess
+    import sys
+
+    flags = bench.hyperparameter_flags(bench.PPO_MINATAR)
+    assert flags == {"num-envs": 64, "num-steps": 128, "num-epochs": 4, "num-minibatches": 8, "lr": 5e-3,
+                     "ent-coef": 1e-4, "clip-eps": 0.2, "max-grad-norm": 0.5}
+    reference = bench.PEERS["PPO"]
+    assert reference.given_hyperparameters and not bench.PEERS["PQN"].given_hyperparameters
+    script = bench.BENCHMARKS_DIR / reference.script
+    usage = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert all(f"--{name}" in usage for name in flags), usage
+    assert reference.flag in usage
