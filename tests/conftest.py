@@ -2,6 +2,9 @@
 by one test (or an earlier `make test`) are reused, and fixtures that train once
 and are shared by every test that checks the result."""
 
+import contextlib
+import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -44,15 +47,38 @@ def sweep_run(tmp_path_factory):
     return run_dir, summary
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path):
+    """Holds an exclusive lock on `lock_file` (pytest-xdist workers take turns)."""
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def session_folder(tmp_path_factory) -> Path:
+    """A temporary folder of this test session that every pytest-xdist worker sees (the workers' base
+    folders share a parent that is new each session); without xdist, the session's own base folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def pendulum_offline(tmp_path_factory):
-    """Pendulum-v1 offline datasets, all five tiers of 20,000 transitions, from a small PPO run (built once)."""
+    """Pendulum-v1 offline datasets, all five tiers of 20,000 transitions, from a small PPO run: built once per
+    session by whichever worker needs them first (~20 s), then read by the others."""
     from types import SimpleNamespace
 
     from rlzoo.experiments import offline_datasets as offline
 
-    config = offline.GenerateConfig(out=str(tmp_path_factory.mktemp("datasets")), tier_size=20_000, num_envs=100,
+    shared = session_folder(tmp_path_factory)
+    config = offline.GenerateConfig(out=str(shared / "datasets"), tier_size=20_000, num_envs=100,
                                     behaviour_timesteps=65_536, num_snapshots=17)
-    behaviour = offline.train_behaviour(config)
-    written = offline.generate(config, behaviour)
-    return SimpleNamespace(config=config, behaviour=behaviour, written=written)
+    index = shared / "datasets.json"
+    with exclusive(shared / "datasets.lock"):
+        if not index.exists():
+            written = offline.generate(config, offline.train_behaviour(config))
+            index.write_text(json.dumps(written, default=lambda x: x.item()))
+    return SimpleNamespace(config=config, written=json.loads(index.read_text()))

@@ -272,7 +272,7 @@ def test_dqn_refreshes_its_target_network_only_every_target_period_updates_once_
     hp = dqn.HParams(target_period=3.0, tau=0.5, lr=1e-2)
     trainer = dqn.make_train(config)
     step = jax.jit(lambda s: trainer.run(s, hp, 1)[0])
-    state = trainer.init(jax.random.PRNGKey(0), hp)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0), hp)
     refreshed = []
     for _ in range(config.num_updates):
         new = step(state)

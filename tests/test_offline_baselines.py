@@ -204,7 +204,7 @@ def test_td3_bc_moves_the_actor_and_targets_only_every_policy_delay_steps(medium
                            hidden_sizes=(8,), policy_delay=2)
     trainer = td3_bc.make_train(config)
     update = jax.jit(trainer.update)
-    states = [trainer.init(jax.random.PRNGKey(0), td3_bc.HParams(), trainer.data)]
+    states = [jax.jit(trainer.init)(jax.random.PRNGKey(0), td3_bc.HParams(), trainer.data)]
     for _ in range(2):
         states.append(update(states[-1], td3_bc.HParams(), trainer.data)[0])
     leaves = lambda state, field: jax.tree.leaves(getattr(state.learner, field))  # noqa: E731

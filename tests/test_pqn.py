@@ -89,10 +89,13 @@ def test_continuous_actions_are_refused():
         make_train(Config(env_id="Pendulum-v1"))
 
 
-@pytest.mark.parametrize("norm", ["layer", "batch", "none"])
-def test_each_normalisation_trains_and_batch_norm_keeps_running_statistics(norm):
+@pytest.mark.parametrize("norm, hidden_sizes", [("layer", (16, 16)), ("batch", (16,)), ("none", (16,))],
+                         ids=["layer", "batch", "none"])
+def test_each_normalisation_trains_and_batch_norm_keeps_running_statistics(norm, hidden_sizes):
+    """The layer and batch cases are test_golden.py's pqn programs (`lam` is traced), so that the compilation
+    cache compiles each once for both files."""
     trainer = make_train(Config(total_timesteps=2 * 8 * 16, num_envs=8, num_steps=16, num_minibatches=4,
-                                hidden_sizes=(16,), norm=norm))
+                                hidden_sizes=hidden_sizes, norm=norm))
     state, metrics = jax.jit(trainer)(jax.random.PRNGKey(0), HParams())
     assert np.isfinite(np.asarray(metrics["loss"])).all()
     if norm == "batch":
@@ -113,9 +116,10 @@ def test_pqn_solves_cartpole_greedily_on_two_seeds_with_its_defaults():
 
 @pytest.mark.slow
 def test_pqn_learns_breakout_minatar_beyond_random():
-    """purejaxql's MinAtar settings for 3e5 steps. Measured (2026-12-02): greedy 11.7 and 9.0 on seed_keys(0, 2) with
-    RAdam and next-state Q-values computed step by step (9.7 and 9.0 before that; 8.3 and 11.0 with
-    Adam); uniformly random play scores 0.36 per episode (64 episodes)."""
+    """purejaxql's MinAtar settings for 1.5e5 steps. Measured on seed_keys(0, 2): greedy 7.0 and 6.5 (2026-12-07);
+    at 3e5 steps, the budget until then, 11.7 and 9.0 with RAdam and next-state Q-values computed step by step
+    (2026-12-02; 9.7 and 9.0 before that; 8.3 and 11.0 with Adam). Uniformly random play scores 0.36 per
+    episode (64 episodes)."""
     config = Config(env_id="Breakout-MinAtar", total_timesteps=BREAKOUT_STEPS, num_envs=128, num_steps=32,
                     num_epochs=2, num_minibatches=32)
     trainer = make_train(config)
@@ -125,4 +129,4 @@ def test_pqn_learns_breakout_minatar_beyond_random():
     assert (returns >= BREAKOUT_THRESHOLD).all(), returns
 
 
-BREAKOUT_STEPS, BREAKOUT_THRESHOLD = 300_000, 4.0
+BREAKOUT_STEPS, BREAKOUT_THRESHOLD = 150_000, 4.0

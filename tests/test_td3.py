@@ -75,17 +75,22 @@ def test_the_actor_and_targets_move_only_every_policy_delay_gradient_steps(num_m
                     hidden_sizes=(16, 16))
     trainer = make_train(config)
     hparams = jax.tree.map(lambda x: jnp.full((num_members,), x), HParams(policy_delay=3.0))
-    state = trainer.init_members(jax.random.split(jax.random.PRNGKey(0), num_members), hparams)
+    state = jax.jit(trainer.init_members)(jax.random.split(jax.random.PRNGKey(0), num_members), hparams)
     update = jax.jit(jax.vmap(trainer.update))
+
+    @jax.jit
+    def changed(new, old):
+        """Whether any leaf of the critics, the actor and the target critics differs (one program, not an eager
+        comparison per leaf)."""
+        return [jnp.any(jnp.stack([jnp.any(n != o) for n, o in zip(jax.tree.leaves(getattr(new, name)),
+                                                                    jax.tree.leaves(getattr(old, name)))]))
+                for name in ("critic_params", "actor_params", "target_critic_params")]
+
     moved = []
     for _ in range(config.num_updates):
         new_state, metrics = update(state, hparams)
-        changed = lambda new, old: any(bool(jnp.any(n != o)) for n, o in  # noqa: E731
-                                       zip(jax.tree.leaves(new), jax.tree.leaves(old)))
-        learner, previous = new_state.learner, state.learner
-        moved.append((int(learner.gradient_steps[0]), changed(learner.critic_params, previous.critic_params),
-                      changed(learner.actor_params, previous.actor_params),
-                      changed(learner.target_critic_params, previous.target_critic_params)))
+        critic, actor, target = (bool(x) for x in changed(new_state.learner, state.learner))
+        moved.append((int(new_state.learner.gradient_steps[0]), critic, actor, target))
         state = new_state
     assert [m[0] for m in moved] == [0, 0, *range(1, 11)]  # 2 updates of random actions first
     for steps, critic, actor, target in moved[2:]:
