@@ -19,8 +19,9 @@ compares the algorithms' code. The conv is written as a matmul (`peer_pqn.matmul
 All seeds are one `jax.jit(jax.vmap(train))` program, keys `jax.random.split(PRNGKey(seed), num_seeds)`;
 compile and run are timed apart. The score of a seed, as in rlzoo's benchmarks: the mean return of
 `--eval-episodes` greedy episodes (the policy's mode) of the final network. Exactly one JSON line goes to
-stdout. Known protocol difference: PureJaxRL treats a time-limit truncation as a termination (MinAtar's
-limit is 10,000 steps, which training episodes at this budget rarely reach).
+stdout. Known protocol difference: PureJaxRL treats a time-limit truncation as a termination (no bootstrap),
+and gymnax's MinAtar games cut episodes at 1,000 steps, which a policy that keeps the ball in play reaches;
+ours bootstraps from the true final observation there.
 """
 
 from __future__ import annotations
