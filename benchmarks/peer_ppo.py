@@ -152,7 +152,8 @@ def _unavailable(mod, attr):
     return fail
 
 
-def build_purejaxrl(total_timesteps, purejaxrl_dir):
+def load_purejaxrl(purejaxrl_dir):
+    """PureJaxRL's ppo module from a checkout (the repo root or its inner purejaxrl/ folder)."""
     d = os.path.abspath(purejaxrl_dir)
     if os.path.isfile(os.path.join(d, "purejaxrl", "ppo.py")):
         d = os.path.join(d, "purejaxrl")
@@ -160,7 +161,11 @@ def build_purejaxrl(total_timesteps, purejaxrl_dir):
         sys.exit(f"no ppo.py under {purejaxrl_dir}")
     sys.path.insert(0, d)
     _stub_missing(["brax.envs.wrappers.training", "navix"])
-    ppo = importlib.import_module("ppo")
+    return importlib.import_module("ppo")
+
+
+def build_purejaxrl(total_timesteps, purejaxrl_dir):
+    ppo = load_purejaxrl(purejaxrl_dir)
     import jax.numpy as jnp
 
     c = DEFAULTS

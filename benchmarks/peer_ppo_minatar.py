@@ -26,16 +26,10 @@ ours bootstraps from the true final observation there.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.metadata
-import json
 import os
-import sys
-import time
 
-from peer_ppo import SCHED_FLAG, _stub_missing, log
-from peer_pqn import greedy_returns, matmul_conv
+from peer_ppo import SCHED_FLAG, load_purejaxrl, log
+from peer_pqn import compile_and_run, greedy_returns, matmul_conv, minatar_parser, print_result
 
 
 def minatar_actor_critic(obs_shape: tuple[int, ...]):
@@ -68,26 +62,8 @@ def minatar_actor_critic(obs_shape: tuple[int, ...]):
     return MinAtarActorCritic
 
 
-def load_purejaxrl(checkout: str):
-    """PureJaxRL's ppo module from a checkout (the repo root or its inner purejaxrl/ folder)."""
-    folder = os.path.abspath(checkout)
-    if os.path.isfile(os.path.join(folder, "purejaxrl", "ppo.py")):
-        folder = os.path.join(folder, "purejaxrl")
-    if not os.path.isfile(os.path.join(folder, "ppo.py")):
-        sys.exit(f"no ppo.py under {checkout}")
-    sys.path.insert(0, folder)
-    _stub_missing(["brax.envs.wrappers.training", "navix"])
-    return importlib.import_module("ppo")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--purejaxrl-dir", required=True)
-    parser.add_argument("--env-id", default="Breakout-MinAtar")
-    parser.add_argument("--total-timesteps", type=int, default=2_000_000)
-    parser.add_argument("--num-seeds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser = minatar_parser(__doc__, "--purejaxrl-dir")
     for name, default in (("num-envs", 64), ("num-steps", 128), ("num-epochs", 4), ("num-minibatches", 8)):
         parser.add_argument(f"--{name}", type=int, default=default)
     for name, default in (("lr", 5e-3), ("gamma", 0.99), ("gae-lambda", 0.95), ("clip-eps", 0.2),
@@ -114,13 +90,7 @@ def main() -> None:
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_seeds)
     log(f"[peer_ppo_minatar] PureJaxRL PPO on {args.env_id}: jax {jax.__version__}, {args.num_seeds} seeds, "
         f"{args.total_timesteps} steps")
-    start = time.perf_counter()
-    program = jax.jit(jax.vmap(train)).lower(keys).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.block_until_ready(program(keys))
-    run_s = time.perf_counter() - start
-    log(f"[peer_ppo_minatar] compile {compile_s:.1f} s, run {run_s:.1f} s")
+    out, compile_s, run_s = compile_and_run(train, keys, "peer_ppo_minatar")
     network = ppo.ActorCritic(env.action_space(env_params).n, activation="relu")
     params = out["runner_state"][0].params
     mode = lambda p: lambda obs: network.apply(p, obs.reshape(*obs.shape[:1], -1))[0].mode()  # noqa: E731
@@ -130,16 +100,9 @@ def main() -> None:
     num_updates = config["NUM_UPDATES"]
     env_steps = num_updates * args.num_envs * args.num_steps
     training = np.asarray(out["metrics"]["returned_episode_returns"])  # [seeds, updates, steps, envs]
-    result = {"peer": "purejaxrl", "script": "purejaxrl/ppo.py", "env_id": args.env_id,
-              "num_seeds": args.num_seeds, "env_steps_per_seed": env_steps, "scores": scores.tolist(),
-              "compile_s": round(compile_s, 2), "run_s": round(run_s, 2),
-              "env_steps_per_s": env_steps * args.num_seeds / run_s,
-              "final_training_return": float(training[:, -max(1, num_updates // 20):].mean()),
-              "network": "rlzoo's MinAtar actor-critic (see the module docstring)",
-              "hyperparameters": {k: v for k, v in config.items() if k.isupper()},
-              "jax": jax.__version__, "gymnax": importlib.metadata.version("gymnax"),
-              "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    print(json.dumps(result), flush=True)
+    print_result(args, "purejaxrl", "purejaxrl/ppo.py", scores, env_steps, compile_s, run_s,
+                 float(training[:, -max(1, num_updates // 20):].mean()), config,
+                 network="rlzoo's MinAtar actor-critic (see the module docstring)")
 
 
 if __name__ == "__main__":

@@ -134,14 +134,49 @@ def greedy_returns(greedy_action, env, env_params, key, episodes: int):
     return returns.mean()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--purejaxql-dir", required=True)
+def compile_and_run(train, keys, tag: str):
+    """(outputs, compile_s, run_s) of `jax.jit(jax.vmap(train))` over the seed keys, compile and run timed apart."""
+    import jax
+
+    start = time.perf_counter()
+    program = jax.jit(jax.vmap(train)).lower(keys).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    out = jax.block_until_ready(program(keys))
+    run_s = time.perf_counter() - start
+    log(f"[{tag}] compile {compile_s:.1f} s, run {run_s:.1f} s")
+    return out, compile_s, run_s
+
+
+def minatar_parser(doc: str, checkout_flag: str) -> argparse.ArgumentParser:
+    """The arguments every MinAtar peer script takes: its checkout, the game, the budget, the seeds, the scoring."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(checkout_flag, required=True)
     parser.add_argument("--env-id", default="Breakout-MinAtar")
     parser.add_argument("--total-timesteps", type=int, default=2_000_000)
     parser.add_argument("--num-seeds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    return parser
+
+
+def print_result(args, peer: str, script: str, scores, env_steps: int, compile_s: float, run_s: float,
+                 final_training_return: float, config: dict, **extra) -> None:
+    """The one JSON line on stdout that `rlzoo.benchmarks.bench.peer` reads."""
+    import jax
+
+    result = {"peer": peer, "script": script, "env_id": args.env_id, "num_seeds": args.num_seeds,
+              "env_steps_per_seed": env_steps, "scores": scores.tolist(), "compile_s": round(compile_s, 2),
+              "run_s": round(run_s, 2), "env_steps_per_s": env_steps * args.num_seeds / run_s,
+              "final_training_return": final_training_return, **extra,
+              "hyperparameters": {k: v for k, v in config.items() if k.isupper()},
+              "jax": jax.__version__, "gymnax": importlib.metadata.version("gymnax"),
+              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = minatar_parser(__doc__, "--purejaxql-dir")
     parser.add_argument("--test-during-training", action="store_true")
     parser.add_argument("--conv-as-matmul", action="store_true",
                         help="run purejaxql's conv as an equivalent matmul (see convolutions_as_matmuls)")
@@ -164,13 +199,7 @@ def main() -> None:
     log(f"[peer_pqn] purejaxql PQN on {args.env_id}: jax {jax.__version__}, {args.num_seeds} seeds, "
         f"{args.total_timesteps} steps, test during training {args.test_during_training}")
 
-    start = time.perf_counter()
-    program = jax.jit(jax.vmap(train)).lower(keys).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.block_until_ready(program(keys))
-    run_s = time.perf_counter() - start
-    log(f"[peer_pqn] compile {compile_s:.1f} s, run {run_s:.1f} s")
+    out, compile_s, run_s = compile_and_run(train, keys, "peer_pqn")
 
     env, env_params = gymnax.make(args.env_id)
     network = module.QNetwork(action_dim=env.action_space(env_params).n, norm_type=config["NORM_TYPE"],
@@ -183,16 +212,9 @@ def main() -> None:
     scores = np.asarray(score(variables, eval_keys), np.float64)
     training = np.asarray(out["metrics"]["returned_episode_returns"])  # [seeds, updates], mean over the rollout
     env_steps = int(np.asarray(out["metrics"]["env_step"])[0, -1])
-    result = {"peer": "purejaxql", "script": "purejaxql/pqn_minatar.py", "env_id": args.env_id,
-              "num_seeds": args.num_seeds, "env_steps_per_seed": env_steps, "scores": scores.tolist(),
-              "compile_s": round(compile_s, 2), "run_s": round(run_s, 2),
-              "env_steps_per_s": env_steps * args.num_seeds / run_s,
-              "final_training_return": float(training[:, -max(1, training.shape[1] // 20):].mean()),
-              "test_during_training": args.test_during_training, "conv_as_matmul": args.conv_as_matmul,
-              "hyperparameters": {k: v for k, v in config.items() if k.isupper()},
-              "jax": jax.__version__, "gymnax": importlib.metadata.version("gymnax"),
-              "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    print(json.dumps(result), flush=True)
+    print_result(args, "purejaxql", "purejaxql/pqn_minatar.py", scores, env_steps, compile_s, run_s,
+                 float(training[:, -max(1, training.shape[1] // 20):].mean()), config,
+                 test_during_training=args.test_during_training, conv_as_matmul=args.conv_as_matmul)
 
 
 if __name__ == "__main__":
