@@ -12,6 +12,7 @@ from rlzoo.returns import lambda_returns
 from rlzoo.sweep import seed_keys
 from rlzoo.trainer import ConfigError
 from tests.test_dqn import best_greedy_return_near_the_end, greedy_return
+from tests.test_golden import CASES as GOLDEN_CASES
 
 T, ENVS, ACTIONS = 6, 3, 4
 
@@ -89,13 +90,17 @@ def test_continuous_actions_are_refused():
         make_train(Config(env_id="Pendulum-v1"))
 
 
-@pytest.mark.parametrize("norm, hidden_sizes", [("layer", (16, 16)), ("batch", (16,)), ("none", (16,))],
-                         ids=["layer", "batch", "none"])
-def test_each_normalisation_trains_and_batch_norm_keeps_running_statistics(norm, hidden_sizes):
-    """The layer and batch cases are test_golden.py's pqn programs (`lam` is traced), so that the compilation
-    cache compiles each once for both files."""
-    trainer = make_train(Config(total_timesteps=2 * 8 * 16, num_envs=8, num_steps=16, num_minibatches=4,
-                                hidden_sizes=hidden_sizes, norm=norm))
+# The layer and batch cases are test_golden.py's pqn programs (`lam` is traced), taken from its CASES so that
+# the compilation cache compiles each once for both files; "none" is the batch case without normalisation.
+NORM_CASES = {"layer": GOLDEN_CASES["pqn"][1], "batch": GOLDEN_CASES["pqn_batch_norm"][1],
+              "none": {**GOLDEN_CASES["pqn_batch_norm"][1], "norm": "none"}}
+
+
+@pytest.mark.parametrize("norm", sorted(NORM_CASES))
+def test_each_normalisation_trains_and_batch_norm_keeps_running_statistics(norm):
+    fields = NORM_CASES[norm]
+    assert fields.get("norm", "layer") == norm
+    trainer = make_train(Config(**fields))
     state, metrics = jax.jit(trainer)(jax.random.PRNGKey(0), HParams())
     assert np.isfinite(np.asarray(metrics["loss"])).all()
     if norm == "batch":
