@@ -26,7 +26,7 @@ from flax import struct
 from rlzoo.trainer import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, Trainer, check, check_rollout_sizes
 from rlzoo.env_adapter import VecEnv, VecEnvState, episode_metrics
 from rlzoo.envs import make_env
-from rlzoo.networks import ACTIVATIONS, ActorCritic
+from rlzoo.networks import ACTIVATIONS, ActorCritic, masked_policy
 from rlzoo.returns import gae
 from rlzoo.updates import optimizer_step, shuffled_minibatches
 
@@ -113,6 +113,7 @@ class Rollout(NamedTuple):
     terminated: jax.Array
     truncated: jax.Array
     final_obs: jax.Array
+    action_mask: jax.Array | None = None  # legal actions of `obs`, on envs with a mask
 
 
 class Batch(NamedTuple):
@@ -122,6 +123,7 @@ class Batch(NamedTuple):
     value: jax.Array
     advantage: jax.Array
     target: jax.Array
+    action_mask: jax.Array | None = None
 
 
 def make_vec_env(config: Config) -> VecEnv:
@@ -147,8 +149,10 @@ def make_optimizer(config: Config, hp: HParams) -> optax.GradientTransformation:
 def ppo_loss(apply_fn, params: Any, batch: Batch, hp: HParams, clip_value: bool):
     """Clipped surrogate (PPO eq. 7) + vf_coef * value loss - ent_coef * entropy.
 
-    `apply_fn(params, batch.obs) -> (policy, V)`: a network's `apply`, or `ppo_s5.py`'s replay of sequences."""
+    `apply_fn(params, batch.obs) -> (policy, V)`: a network's `apply`, or `ppo_s5.py`'s replay of sequences.
+    On an env with an action mask the policy is the one that acted: restricted to the legal actions."""
     dist, value = apply_fn(params, batch.obs)
+    dist = masked_policy(dist, getattr(batch, "action_mask", None))
     log_ratio = dist.log_prob(batch.action) - batch.log_prob
     ratio = jnp.exp(log_ratio)
     advantage = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
@@ -186,10 +190,12 @@ def make_train(config: Config) -> Trainer:
     def env_step(state: TrainState, key: jax.Array) -> tuple[TrainState, Rollout]:
         act_key, env_key = jax.random.split(key)
         dist, value = network.apply(state.params, state.obs)
+        mask = vec_env.action_mask(state.env_state)
+        dist = masked_policy(dist, mask)
         action = dist.sample(seed=act_key)
         env_state, ts = vec_env.step(env_key, state.env_state, action)
         step = Rollout(state.obs, action, dist.log_prob(action), value, ts.reward,
-                       ts.terminated, ts.truncated, ts.final_obs)
+                       ts.terminated, ts.truncated, ts.final_obs, mask)
         return state._replace(env_state=env_state, obs=ts.obs), step
 
     def update_minibatch(carry, batch: Batch):
@@ -211,7 +217,8 @@ def make_train(config: Config) -> Trainer:
         advantage, target = gae(rollout.reward, rollout.value, next_values, rollout.terminated,
                                 rollout.truncated, hp.gamma, hp.gae_lambda)
         flat = lambda x: x.reshape(batch_size, *x.shape[2:])  # noqa: E731
-        batch = Batch(*map(flat, (rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantage, target)))
+        batch = Batch(*map(flat, (rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantage, target)),
+                      action_mask=jax.tree.map(flat, rollout.action_mask))
 
         (params, opt_state, _), stats = jax.lax.scan(
             lambda carry, k: update_epoch(carry, k, batch),
@@ -223,14 +230,15 @@ def make_train(config: Config) -> Trainer:
         state = state._replace(params=params, opt_state=opt_state, key=key, update_index=update_index)
         return state, metrics
 
-    def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool) -> jax.Array:
-        """The current policy on raw observations (normalised with the frozen training statistics)."""
+    def act(state: TrainState, key: jax.Array, obs: jax.Array, greedy: bool, mask: jax.Array | None = None):
+        """The current policy on raw observations (normalised with the frozen training statistics), among the
+        legal actions of `mask` on envs with one."""
         if state.env_state.obs_stats is not None:
             obs = state.env_state.obs_stats.normalize(obs)
-        dist = network.apply(state.params, obs, method=ActorCritic.policy)
+        dist = masked_policy(network.apply(state.params, obs, method=ActorCritic.policy), mask)
         return dist.mode() if greedy else dist.sample(seed=key)
 
-    return Trainer(init, update, num_updates, batch_size, act, vec_env.env)
+    return Trainer(init, update, num_updates, batch_size, act, vec_env.env, honours_action_mask=True)
 
 
 def main() -> None:

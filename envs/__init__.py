@@ -23,7 +23,7 @@ REGISTRY = {
 META_PREFIX = "meta/"
 
 
-def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int = 1000) -> env_adapter.Env:
+def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int | None = None) -> env_adapter.Env:
     """A single `Env` for any id rlzoo knows (module docstring); errors name the id and what is allowed."""
     if env_id.startswith(META_PREFIX):
         from rlzoo.envs.meta import MetaRLEnv

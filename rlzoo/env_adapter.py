@@ -10,7 +10,9 @@ function of explicit state, so it runs inside `jax.jit`, `lax.scan` and `vmap`.
 Not here: policies, rollouts or anything that learns; and no rendering.
 
 Ids: gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, ...), `brax/<name>` (e.g.
-`brax/hopper`; backend `positional` unless `backend=` says otherwise), and the ids
+`brax/hopper`; backend `positional` unless `backend=` says otherwise), the
+`<package>/<native id>` ids of `rlzoo.env_backends` (craftax, navix, xminigrid,
+jumanji, pgx; each an optional extra, wrapped by `EpisodicEnv`), and the ids
 of a `registry` of gymnax-API factories that the caller passes in. The layer above
 (`rlzoo.envs.make_env`, what algorithm files call) passes rlzoo's own environments
 and adds the `meta/<id>` wrapper; this module imports neither.
@@ -32,6 +34,7 @@ from rlzoo.trainer import ConfigError
 
 BRAX_PREFIX = "brax/"
 BRAX_BACKENDS = ("positional", "generalized", "spring", "mjx")
+BRAX_TIME_LIMIT = 1000
 
 
 # --------------------------------------------------------------------------- specs
@@ -48,6 +51,7 @@ class EnvSpec:
     action_low: float | None = None  # continuous only (scalar bounds, broadcast)
     action_high: float | None = None
     max_episode_steps: int | None = None
+    action_mask: bool = False  # the env gives a legal-action mask (`Env.action_mask`) that policies must honour
 
     @property
     def action_shape(self) -> tuple[int, ...]:
@@ -71,6 +75,9 @@ class Env(Protocol):
         the episode that ended (otherwise `final_obs == obs`).
         """
         ...
+
+    # Envs whose spec has `action_mask` also give `action_mask(state) -> [num_actions] bool`: the legal actions
+    # of the observation to act on next.
 
 
 def _strong(tree: Any) -> Any:
@@ -169,12 +176,78 @@ def _make_brax(env_id: str, backend: str, max_episode_steps: int) -> BraxEnv:
     return BraxEnv(env, spec)
 
 
+class EpisodeState(NamedTuple):
+    inner: Any  # the package's state
+    time: chex.Array  # steps taken in the current episode
+    mask: chex.Array  # legal actions of the current observation ([num_actions] bool; all true without masks)
+    final_mask: chex.Array  # legal actions of the last `final_obs` (differs from `mask` where an episode ended)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodicEnv:
+    """A `Native` env with rlzoo's auto-reset, final observation and time limit (`spec.max_episode_steps`)."""
+
+    native: Any  # rlzoo.env_backends.Native
+    spec: EnvSpec
+    limit: int | None  # rlzoo's own limit on top of the package's (None: the package's only)
+
+    def _mask(self, mask: Any) -> chex.Array:
+        return jnp.ones((self.spec.num_actions,), jnp.bool_) if mask is None else jnp.asarray(mask, jnp.bool_)
+
+    def reset(self, key: chex.PRNGKey) -> tuple[EpisodeState, chex.Array]:
+        inner, obs, mask = self.native.reset(key)
+        mask = self._mask(mask)
+        return EpisodeState(inner, jnp.zeros((), jnp.int32), mask, mask), obs
+
+    def action_mask(self, state: EpisodeState, final: bool = False) -> chex.Array:
+        """Legal actions of the observation to act on, or (`final`) of the last step's `final_obs`."""
+        return state.final_mask if final else state.mask
+
+    def step(self, key: chex.PRNGKey, state: EpisodeState, action: chex.Array):
+        step_key, reset_key = jax.random.split(key)
+        inner, obs, reward, terminated, truncated, mask = self.native.step(step_key, state.inner, action)
+        time = state.time + 1
+        terminated = jnp.asarray(terminated, jnp.bool_)
+        truncated = jnp.asarray(truncated, jnp.bool_)
+        if self.limit is not None:
+            truncated = jnp.logical_or(truncated, time >= self.limit)
+        truncated = jnp.logical_and(truncated, ~terminated)
+        done = jnp.logical_or(terminated, truncated)
+        fresh, fresh_obs = self.reset(reset_key)
+        mask = self._mask(mask)
+        ongoing = EpisodeState(inner, time, mask, mask)
+        new = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, ongoing)._replace(final_mask=mask)
+        return (new, jnp.where(done, fresh_obs, obs), jnp.asarray(reward, jnp.float32).reshape(()),
+                terminated, truncated, obs)
+
+
+
+def _make_backend(env_id: str, max_episode_steps: int | None) -> EpisodicEnv:
+    """A `<backend>/<native id>` env (`rlzoo.env_backends`). Time limit: the package's own, and
+    `max_episode_steps` on top where given; `env_backends.DEFAULT_TIME_LIMIT` where the package has none."""
+    from rlzoo import env_backends
+
+    native = env_backends.native_env(env_id)
+    limit = max_episode_steps if max_episode_steps is not None else (
+        None if native.time_limit is not None else env_backends.DEFAULT_TIME_LIMIT)
+    horizon = min(x for x in (limit, native.time_limit) if x is not None)
+    spec = EnvSpec(env_id, native.obs_shape, True, native.num_actions, max_episode_steps=horizon,
+                   action_mask=native.has_mask)
+    return EpisodicEnv(native, spec, limit)
+
+
 # --------------------------------------------------------------------------- registry
 
 
 def _did_you_mean(name: str, known: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(prefix + c) for c in close)}?)" if close else ""
+
+
+def _backend_names() -> list[str]:
+    from rlzoo.env_backends import BACKENDS
+
+    return sorted(BACKENDS)
 
 
 def known_env_ids(registry: Mapping[str, Callable[[], Any]] = MappingProxyType({})) -> list[str]:
@@ -184,18 +257,24 @@ def known_env_ids(registry: Mapping[str, Callable[[], Any]] = MappingProxyType({
     return sorted(registry) + [e for e in gymnax.registered_envs if e != "MNISTBandit-bsuite"]
 
 
-def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int = 1000,
+def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int | None = None,
              registry: Mapping[str, Callable[[], Any]] = MappingProxyType({})) -> Env:
     """Builds a single environment from its id (see the module docstring).
 
     `registry` maps extra ids to zero-argument factories of gymnax-API environments;
-    they are looked up before gymnax's. `backend` and `max_episode_steps` apply to
-    brax ids only (gymnax and registry envs carry their own time limit in their params).
+    they are looked up before gymnax's. `backend` applies to brax ids only;
+    `max_episode_steps` to brax ids (default `BRAX_TIME_LIMIT`) and package ids
+    (`rlzoo.env_backends`: a limit on top of the package's own). Gymnax and registry
+    envs carry their own time limit in their params.
     """
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise ConfigError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     if env_id.startswith(BRAX_PREFIX):
-        if max_episode_steps < 1:
-            raise ConfigError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        return _make_brax(env_id, backend, max_episode_steps)
+        return _make_brax(env_id, backend, max_episode_steps or BRAX_TIME_LIMIT)
+    from rlzoo.env_backends import backend_of
+
+    if backend_of(env_id) is not None:
+        return _make_backend(env_id, max_episode_steps)
 
     import gymnax
 
@@ -210,7 +289,9 @@ def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int
     ours = f", or rlzoo ids ({', '.join(sorted(registry))})" if registry else ""
     raise ConfigError(
         f"env_id {env_id!r} is unknown{_did_you_mean(env_id, known)}. Allowed: gymnax ids "
-        f"(e.g. CartPole-v1, Pendulum-v1, Breakout-MinAtar), 'brax/<name>' (e.g. brax/hopper){ours}."
+        f"(e.g. CartPole-v1, Pendulum-v1, Breakout-MinAtar), 'brax/<name>' (e.g. brax/hopper), "
+        f"'<package>/<id>' for the packages {', '.join(_backend_names())} (e.g. craftax/Craftax-Classic-Symbolic-v1, "
+        f"pgx/2048){ours}."
     )
 
 
@@ -282,6 +363,14 @@ class VecEnv:
     @property
     def spec(self) -> EnvSpec:
         return self.env.spec
+
+    def action_mask(self, state: VecEnvState, final: bool = False) -> chex.Array | None:
+        """[num_envs, num_actions] legal actions of the observations to act on (or, `final`, of the last step's
+        `final_obs`), or None if the env has no mask (a static fact: algorithms branch on it in Python, so
+        envs without masks compile as before)."""
+        if not self.spec.action_mask:
+            return None
+        return jax.vmap(lambda s: self.env.action_mask(s, final))(state.env_state)
 
     def reset(self, key: chex.PRNGKey) -> tuple[VecEnvState, chex.Array]:
         env_state, obs = jax.vmap(self.env.reset)(jax.random.split(key, self.num_envs))

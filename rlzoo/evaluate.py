@@ -37,7 +37,8 @@ def evaluate(act: Callable[..., Any], env: Env, key: jax.Array, num_episodes: in
              initial_carry: Any = None, record: Callable[[Any], Any] | None = None) -> EvalResult:
     """Returns and lengths of the first episode of `num_episodes` parallel copies of `env`.
 
-    `act(key, obs) -> action`; for a recurrent agent, pass `initial_carry` (its
+    `act(key, obs) -> action` (`act(key, obs, mask=legal_actions)` on an env with an action mask); for a
+    recurrent agent, pass `initial_carry` (its
     hidden state for `num_episodes` envs at an episode start) and
     `act(key, obs, carry) -> (action, carry)`. `record(timestep)`, if given, is kept
     for every step (also after an env's first episode; mask with the lengths) as `trace`.
@@ -52,7 +53,8 @@ def evaluate(act: Callable[..., Any], env: Env, key: jax.Array, num_episodes: in
         env_state, obs, returns, lengths, running, agent_carry = carry
         act_key, env_key = jax.random.split(key)
         if initial_carry is None:
-            action = act(act_key, obs)
+            mask = vec_env.action_mask(env_state)
+            action = act(act_key, obs) if mask is None else act(act_key, obs, mask=mask)
         else:
             action, agent_carry = act(act_key, obs, agent_carry)
         env_state, ts = vec_env.step(env_key, env_state, action)
@@ -77,7 +79,7 @@ def evaluate_policy_of(trainer: Any, state: Any, key: jax.Array, num_episodes: i
     """
     max_steps = trainer.eval_env.spec.max_episode_steps or 1000
     if trainer.act_carry is None:
-        policy = lambda k, obs: trainer.act(state, k, obs, greedy)  # noqa: E731
+        policy = lambda k, obs, **mask: trainer.act(state, k, obs, greedy, **mask)  # noqa: E731
         return evaluate(policy, trainer.eval_env, key, num_episodes, max_steps, record=record)
     recurrent_policy = lambda k, obs, carry: trainer.act(state, k, obs, greedy, carry)  # noqa: E731
     return evaluate(recurrent_policy, trainer.eval_env, key, num_episodes, max_steps, trainer.act_carry(num_episodes),

@@ -157,6 +157,14 @@ class ActorCritic(nn.Module):
         return self.policy(obs), self.value(obs)
 
 
+def masked_policy(dist: distrax.Distribution, mask: jnp.ndarray | None) -> distrax.Distribution:
+    """A categorical policy restricted to the legal actions of `mask` (None: unchanged). Illegal logits become
+    the lowest finite float, not -inf, so that entropy and log-probabilities of legal actions stay finite."""
+    if mask is None:
+        return dist
+    return distrax.Categorical(logits=jnp.where(mask, dist.logits, jnp.finfo(dist.logits.dtype).min))
+
+
 class QNetwork(nn.Module):
     """Action values: [..., num_actions] (num_atoms == 1) or logits [..., num_actions, num_atoms].
 

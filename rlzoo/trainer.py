@@ -93,6 +93,9 @@ def check_hparams(hparams: Any, label: str = "") -> None:
         relations(label)
 
 
+MASK_AWARE_ALGORITHMS = ("ppo", "pqn")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity, so `jax.jit(trainer)` works for any env
 class Trainer:
     """What `make_train(config)` returns.
@@ -124,6 +127,16 @@ class Trainer:
     act_carry: Callable[[int], Any] | None = None
     """Recurrent agents: the hidden state of n envs at an episode start; `act` then takes and returns it,
     act(state, key, raw_obs, greedy, carry) -> (action, carry) (`rlzoo.evaluate.evaluate_policy_of`)."""
+    honours_action_mask: bool = False
+    """The algorithm acts (and bootstraps) among legal actions only on envs with an action mask; `act` then takes
+    `mask=` too. Envs with a mask are refused by the others (a masked action must never be taken)."""
+
+    def __post_init__(self):
+        spec = getattr(self.eval_env, "spec", None)
+        if getattr(spec, "action_mask", False) and not self.honours_action_mask:
+            raise ConfigError(f"env_id {spec.env_id!r} has an action mask, which this algorithm does not honour; "
+                              f"allowed: an env without one, or an algorithm that honours masks "
+                              f"({', '.join(MASK_AWARE_ALGORITHMS)})")
 
     def _with_data(self, fn: Callable, data: Any) -> Callable:
         """`fn` with the shared data bound as its last argument (`self.data`, closed over, if `data` is None)."""

@@ -145,17 +145,32 @@ def epsilon(hp: EpsilonGreedyHParams, update_index: jax.Array, num_updates: int)
     return hp.eps_start + (hp.eps_end - hp.eps_start) * jnp.clip(progress, 0.0, 1.0)
 
 
-def epsilon_greedy(key: jax.Array, q_values: jax.Array, eps, num_actions: int) -> jax.Array:
-    """argmax_a Q(s, a) with probability 1 - eps, else a uniformly random action."""
-    greedy_action = jnp.argmax(q_values, axis=-1)
+def masked_q_values(q_values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Q(s, .) with illegal actions at the lowest finite float, so that argmax and max see legal actions only
+    (None: no mask). Finite, so that a terminal state without legal actions, whose value the targets multiply by
+    0, gives 0 and not NaN."""
+    return q_values if mask is None else jnp.where(mask, q_values, jnp.finfo(q_values.dtype).min)
+
+
+def epsilon_greedy(key: jax.Array, q_values: jax.Array, eps, num_actions: int,
+                   mask: jax.Array | None = None) -> jax.Array:
+    """argmax_a Q(s, a) with probability 1 - eps, else a uniformly random action; with an action `mask`, both
+    among the legal actions only."""
+    greedy_action = jnp.argmax(masked_q_values(q_values, mask), axis=-1)
     explore_key, action_key = jax.random.split(key)
-    random_action = jax.random.randint(action_key, greedy_action.shape, 0, num_actions)
+    if mask is None:
+        random_action = jax.random.randint(action_key, greedy_action.shape, 0, num_actions)
+    else:
+        random_action = jax.random.categorical(action_key, jnp.where(mask, 0.0, -jnp.inf))
     return jnp.where(jax.random.uniform(explore_key, greedy_action.shape) < eps, random_action, greedy_action)
 
 
-def greedy_or_epsilon_greedy(q_values: jax.Array, key: jax.Array, greedy: bool, eps, num_actions: int) -> jax.Array:
-    """argmax Q when `greedy` (static), else `epsilon_greedy`."""
-    return jnp.argmax(q_values, axis=-1) if greedy else epsilon_greedy(key, q_values, eps, num_actions)
+def greedy_or_epsilon_greedy(q_values: jax.Array, key: jax.Array, greedy: bool, eps, num_actions: int,
+                             mask: jax.Array | None = None) -> jax.Array:
+    """argmax Q (among legal actions, given a `mask`) when `greedy` (static), else `epsilon_greedy`."""
+    if greedy:
+        return jnp.argmax(masked_q_values(q_values, mask), axis=-1)
+    return epsilon_greedy(key, q_values, eps, num_actions, mask)
 
 
 def init_state(vec_env: VecEnv, config: ReplayConfig, key: jax.Array, init_params: Callable,
