@@ -36,7 +36,7 @@ class Config:
     """Static settings: they fix shapes and the compiled program (the CLI)."""
 
     env_id: str = "CartPole-v1"
-    """Environment id: a gymnax id, brax/<name>, or an rlzoo id."""
+    """Environment id: a gymnax id, brax/<name>, <package>/<id> (craftax, navix, ...), or an rlzoo id."""
     total_timesteps: int = 500_000
     """Environment steps over all envs."""
     num_envs: int = 4

@@ -51,7 +51,7 @@ class Config:
     """Static settings: they fix shapes and the compiled program (the CLI)."""
 
     env_id: str = "CartPole-v1"
-    """Environment id with discrete actions: a gymnax id or an rlzoo id."""
+    """Environment id with discrete actions: a gymnax id, <package>/<id> (pgx/2048, ...) or an rlzoo id."""
     total_timesteps: int = 500_000
     """Environment steps over all envs."""
     num_envs: int = 32

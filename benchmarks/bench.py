@@ -15,6 +15,9 @@ adds only what is missing; a job that fails records its error and the tier goes 
 Benchmarks:
 - `learn`: an algorithm on a task, all seeds as one vmapped program (`harness.train_seeds`), compile and
   run timed apart; the score per seed is the mean return of greedy episodes; env steps/s counts all seeds.
+- `env_speed`: raw env steps/s of an environment (gymnax's and each package's), random legal actions through
+  `VecEnv` in one jitted scan (`bench_envs`); beside it, `learn` jobs of PPO on the package tasks give what
+  training on them runs at.
 - `sequence_speed`: one PPO update of S5 against GRU at rollout lengths T (`bench_s5.time_updates`).
 - `offline_pace`: gradient steps of BC, IQL, CQL and CSVE timed on a small locally written dataset and
   extrapolated to 1M updates (`bench_offline`'s trainer and chunked program).
@@ -103,6 +106,17 @@ def learn(algo: str, env_id: str, steps: int, seeds: int, eval_episodes: int, co
         return {"scores": scores.tolist(), "score_iqm_ci": iqm_ci(scores), **trained.times_s,
                 "env_steps_per_seed": env_steps, "env_steps_per_s": env_steps * seeds / trained.times_s["run_s"],
                 "final_training_return": mean_of_finished(np.asarray(trained.metrics["episode_return"])[:, -1])}
+
+    return run
+
+
+def env_speed(env_id: str, num_envs: int, steps: int) -> Callable[[Path], dict[str, Any]]:
+    """Raw env steps/s of `env_id` through `VecEnv`: random legal actions, one jitted scan (`bench_envs`)."""
+
+    def run(folder: Path) -> dict[str, Any]:
+        from rlzoo.benchmarks import bench_envs
+
+        return {"num_envs": num_envs, "env_steps_per_s": bench_envs.steps_per_second(env_id, num_envs, steps)}
 
     return run
 
@@ -308,6 +322,18 @@ def parity_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seed
     return jobs
 
 
+# One task per environment package (rlzoo.env_backends), for PPO's steps/s beside the raw env's.
+PACKAGE_TASKS = ("craftax/Craftax-Classic-Symbolic-v1", "navix/Navix-Empty-5x5-v0", "xminigrid/MiniGrid-Empty-5x5",
+                 "jumanji/Game2048-v1", "pgx/2048")
+
+
+def env_speed_jobs(num_envs: int, steps: int) -> list[Job]:
+    from rlzoo.benchmarks.bench_envs import ENV_IDS
+
+    return [Job("env_speed", env_id, {"num_envs": num_envs, "steps": steps}, env_speed(env_id, num_envs, steps))
+            for env_id in ENV_IDS]
+
+
 def smoke_jobs() -> list[Job]:
     """Every benchmark at toy size, one algorithm per kind of learner (on-policy, value-based: PQN as our half of
     a parity pair, actor-critic) and two offline ones; every other job's settings are checked by the tests
@@ -321,6 +347,7 @@ def smoke_jobs() -> list[Job]:
         # Our half of a parity pair (the reference half needs the peer venv, which the tests do not build).
         parity_jobs({"PQN": tiny_pqn}, ("Breakout-MinAtar",), steps=256, seeds=2, episodes=2)[0],
         Job("sequence_speed", "test/T=32", {"size": "test", "T": 32}, sequence_speed("test", 32, repeats=1)),
+        Job("env_speed", "pgx/2048", {"num_envs": 4, "steps": 16}, env_speed("pgx/2048", 4, 16)),
         *[Job("offline_pace", f"{algo}/Pendulum-v1", {"updates": 20}, offline_pace(algo, "Pendulum-v1", 20, 10,
                                                                                    tier_size=2_000,
                                                                                    behaviour_steps=4_096))
@@ -343,6 +370,8 @@ def cpu_jobs() -> list[Job]:
         *learn_jobs(VALUE_BASED_MINATAR, ("Breakout-MinAtar",), steps=100_000, seeds=5, episodes=10),
         *[Job("sequence_speed", f"small/T={t}", {"size": "small", "T": t}, sequence_speed("small", t, repeats=2))
           for t in (128, 1024)],
+        *env_speed_jobs(num_envs=64, steps=128),
+        *learn_jobs({"PPO": PPO_MINATAR}, PACKAGE_TASKS, steps=2 * 64 * 128, seeds=1, episodes=2),
         *[Job("offline_pace", f"{algo}/Pendulum-v1", {"updates": 2_000},
               offline_pace(algo, "Pendulum-v1", 2_000, 1_000, tier_size=20_000, behaviour_steps=65_536))
           for algo in OFFLINE],
@@ -359,6 +388,7 @@ def gpu_jobs() -> list[Job]:
         *learn_jobs({"PPO": PPO_MINATAR, "PQN": PQN_MINATAR}, MINATAR, steps=10_000_000, seeds=16, episodes=32),
         *[Job("sequence_speed", f"reference/T={t}", {"size": "reference", "T": t},
               sequence_speed("reference", t, repeats=3)) for t in (128, 1024, 4096)],
+        *env_speed_jobs(num_envs=4096, steps=128),
         Job("sweep_vs_separate", "ppo/CartPole-v1", {"members": 64, "steps": 500_000},
             sweep_vs_separate(members=64, steps=500_000)),
         *[Job("offline_pace", f"{algo}/brax-hopper", {"updates": 10_000},
@@ -396,7 +426,8 @@ def environment() -> dict[str, Any]:
                         "python": platform.python_version()},
             "device": {"platform": device.platform, "kind": device.device_kind, "count": len(jax.devices())},
             "versions": {name: package_version(name) for name in ("rlzoo", "jax", "jaxlib", "flax", "optax", "gymnax",
-                                                          "brax")}}
+                                                          "brax", "craftax", "navix", "xminigrid", "jumanji",
+                                                          "pgx")}}
 
 
 def run_job(job: Job, folder: Path) -> dict[str, Any]:
@@ -425,6 +456,7 @@ def summary_tables(results: dict[str, dict[str, Any]], not_reached: list[str]) -
     columns = {
         "learn": ("score IQM [95% CI]", "env steps/s", "compile s", "run s"),
         "parity": ("score IQM [95% CI]", "env steps/s", "compile s", "run s"),
+        "env_speed": ("envs", "raw env steps/s"),
         "sequence_speed": ("S5 update s", "GRU update s", "GRU / S5"),
         "offline_pace": ("s per 10k updates", "minutes per 1M updates", "compile s"),
         "sweep_vs_separate": ("members", "sweep run s", "separate run s", "separate / sweep", "same results"),
@@ -438,6 +470,8 @@ def summary_tables(results: dict[str, dict[str, Any]], not_reached: list[str]) -
             point, low, high = r["score_iqm_ci"]
             return [f"{point:.1f} [{low:.1f}, {high:.1f}]", f"{r['env_steps_per_s']:,.0f}", f"{r['compile_s']:.1f}",
                     f"{r['run_s']:.1f}"]
+        if b == "env_speed":
+            return [str(r["num_envs"]), f"{r['env_steps_per_s']:,.0f}"]
         if b == "sequence_speed":
             return [f"{r['s5']['update_s']:.3f}", f"{r['gru']['update_s']:.3f}", f"{r['gru_over_s5_update_time']:.2f}"]
         if b == "offline_pace":

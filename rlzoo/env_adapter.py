@@ -221,7 +221,6 @@ class EpisodicEnv:
                 terminated, truncated, obs)
 
 
-
 def _make_backend(env_id: str, max_episode_steps: int | None) -> EpisodicEnv:
     """A `<backend>/<native id>` env (`rlzoo.env_backends`). Time limit: the package's own, and
     `max_episode_steps` on top where given; `env_backends.DEFAULT_TIME_LIMIT` where the package has none."""

@@ -1,15 +1,16 @@
 """JAX environment packages behind `<backend>/<native id>` ids, each an optional extra.
 
-| id | package (extra) | notes |
-|---|---|---|
-| `craftax/Craftax-Classic-Symbolic-v1`, `craftax/Craftax-Symbolic-v1`, `.../-Pixels-v1` | craftax | death (and lava, beating the boss) terminates; the 10,000-step limit truncates |
-| `navix/Navix-Empty-5x5-v0`, ... | navix | MiniGrid tasks; the step limit truncates |
-| `xminigrid/MiniGrid-Empty-5x5`, ... | xminigrid | single-task rulesets; discount 0 terminates, the step limit truncates |
-| `jumanji/Snake-v1`, `jumanji/Game2048-v1`, `jumanji/RubiksCube-v0`, ... | jumanji | action masks; multi-discrete actions flattened into one index |
-| `pgx/2048`, ... | pgx | single-player games only; legal-action masks |
+- `craftax/<id>` (Craftax-Classic-Symbolic-v1, Craftax-Symbolic-v1, their -Pixels-v1): death (and
+  lava, beating the boss) terminates; the 10,000-step limit truncates.
+- `navix/<id>` (Navix-Empty-5x5-v0, ...): MiniGrid tasks; the step limit truncates.
+- `xminigrid/<id>` (MiniGrid-Empty-5x5, ...): single-task rulesets; discount 0 terminates, the step
+  limit truncates.
+- `jumanji/<id>` (Snake-v1, Game2048-v1, RubiksCube-v0, ...): action masks; multi-discrete actions
+  flattened into one index.
+- `pgx/<id>` (2048, ...): single-player games only; legal-action masks.
 
-Every backend is wrapped the same way (`EpisodicEnv`): the package's own reset and
-step, without its auto-reset, and rlzoo's auto-reset on top, so that
+Each package gives a `Native` env here: its own reset and step, without its
+auto-reset. `rlzoo.env_adapter.EpisodicEnv` puts rlzoo's auto-reset on top, so that
 `terminated` and `truncated` stay apart and `final_obs` is the true last
 observation. Observations keep their dtype; a structured observation (jumanji) is
 flattened into one float32 vector, its action mask set apart. Envs with action

@@ -8,7 +8,7 @@ import pytest
 
 from rlzoo.benchmarks import bench
 
-BENCHMARKS = {"learn", "sequence_speed", "offline_pace", "sweep_vs_separate", "cli_overhead", "parity"}
+BENCHMARKS = {"learn", "env_speed", "sequence_speed", "offline_pace", "sweep_vs_separate", "cli_overhead", "parity"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,8 @@ def test_the_smoke_results_are_measurements_of_the_right_shape(smoke):
     assert sweep["same_results"], "the vmapped sweep and the separate runs must train the same members"
     cli = next(r for r in jobs.values() if r["benchmark"] == "cli_overhead")
     assert cli["rounds"][0]["cli_cached"]["compile_cache"]["misses"] == 0  # the second run compiled nothing
+    for r in (r for r in jobs.values() if r["benchmark"] == "env_speed"):
+        assert r["num_envs"] == r["sizes"]["num_envs"] and r["env_steps_per_s"] > 0
     for r in (r for r in jobs.values() if r["benchmark"] == "offline_pace"):
         assert r["minutes_per_1m_updates"] == pytest.approx(r["run_s"] / r["updates"] * 1e6 / 60)
 

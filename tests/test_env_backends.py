@@ -17,9 +17,10 @@ from rlzoo.env_adapter import VecEnv
 from rlzoo.envs import make_env
 from rlzoo.trainer import ConfigError
 
-# id -> (observation dtype the package gives, has an action mask). Craftax is the slowest to compile (~15 s).
+# id -> (observation dtype the package gives, has an action mask). Craftax, whose vmapped rollout takes ~35 s to
+# compile in the suite, has its own test of what is its own (the end of an episode) below; the wrapper around
+# every package is the same `EpisodicEnv`, checked on these four.
 CASES = {
-    "craftax/Craftax-Classic-Symbolic-v1": (jnp.float32, False),
     "navix/Navix-Empty-5x5-v0": (jnp.uint8, False),
     "xminigrid/MiniGrid-Empty-5x5": (jnp.uint8, False),
     "jumanji/Game2048-v1": (jnp.int32, True),
@@ -111,6 +112,24 @@ def test_legal_actions_only_are_taken_and_the_package_agrees(rollout):
     assert (np.asarray(out["ts"].reward) >= 0).all()
 
 
+def test_craftax_ends_an_episode_at_death_as_a_termination_and_at_its_step_limit_as_a_truncation():
+    """Craftax's own `done` (and `discount`) count the 10,000-step limit as a death; here, from one state put at
+    step 9,999, at 0 health, or both, one step of the package: the limit alone truncates, death terminates."""
+    env = make_env("craftax/Craftax-Classic-Symbolic-v1")
+    assert env.spec.obs_shape == (1345,) and env.spec.max_episode_steps == 10_000 and not env.spec.action_mask
+    inner, obs, _ = jax.jit(env.native.reset)(jax.random.PRNGKey(0))
+    assert obs.dtype == jnp.float32 and obs.shape == env.spec.obs_shape
+    at_limit = inner.replace(timestep=jnp.full_like(inner.timestep, 9_999))
+    dead = inner.replace(player_health=jnp.zeros_like(inner.player_health))
+    both = dead.replace(timestep=at_limit.timestep)
+    states = jax.tree.map(lambda *x: jnp.stack(x), inner, at_limit, dead, both)
+    noop = jnp.zeros((4,), jnp.int32)
+    step = jax.jit(jax.vmap(env.native.step, in_axes=(None, 0, 0)))
+    _, _, _, terminated, truncated, _ = step(jax.random.PRNGKey(1), states, noop)
+    np.testing.assert_array_equal(np.asarray(terminated), [False, False, True, True])
+    np.testing.assert_array_equal(np.asarray(truncated), [False, True, False, False])
+
+
 def test_an_unknown_id_suggests_close_matches_from_its_package():
     with pytest.raises(ConfigError, match=r"'navix/Navix-Empty-5x5-v1' is unknown to navix \(did you mean "
                                           r"'navix/Navix-Empty-5x5-v0'"):
@@ -162,3 +181,28 @@ def test_ppo_and_pqn_act_among_legal_actions_only_and_train_on_a_masked_game(alg
     sampled = jax.jit(jax.vmap(lambda k: trainer.act(state, k, obs, False, mask=mask)[0]))(
         jax.random.split(jax.random.PRNGKey(3), 400))
     assert unmasked not in set(np.asarray(sampled).tolist())
+
+
+@pytest.mark.slow
+def test_ppo_learns_to_reach_the_goal_of_a_navix_room_on_each_of_two_seeds():
+    """PPO (16 envs x 32 steps, CNN torso for navix's 5x5x3 uint8 grid) on Navix-Empty-5x5-v0, 81,920 steps per
+    seed: the greedy policy reaches the goal (return 1) in all 16 episodes of each seed, where the initial greedy
+    policy never does (return 0), and training episodes shrink from ~47 steps (random) to under 10.
+
+    Measured on seed_keys(0, 2): greedy 0 -> 1 on both; training episode length 47.4/48.0 -> 5.1/5.7 (at 40,960
+    steps: still 0 greedy, length 12.4/9.8, so the budget has one doubling of slack)."""
+    from rlzoo.algorithms import ppo
+    from rlzoo.evaluate import greedy_member_returns
+    from rlzoo.sweep import seed_keys
+
+    trainer = ppo.make_train(ppo.Config(env_id="navix/Navix-Empty-5x5-v0", total_timesteps=81_920, num_envs=16,
+                                        num_steps=32))
+    hparams = jax.tree.map(lambda x: jnp.full((2,), x), ppo.HParams())
+    keys = seed_keys(0, 2)
+    initial = jax.jit(trainer.init_members)(keys, hparams)
+    final, metrics = jax.jit(trainer.members)(keys, hparams)
+    before = greedy_member_returns(trainer, initial, jax.random.PRNGKey(7), 16)
+    after = greedy_member_returns(trainer, final, jax.random.PRNGKey(7), 16)
+    lengths = np.asarray(metrics["episode_length"])
+    assert (before == 0).all() and (after == 1).all(), (before, after)
+    assert (lengths[:, 1] > 30).all() and (lengths[:, -1] < 10).all(), lengths[:, [1, -1]]
