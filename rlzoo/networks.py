@@ -113,14 +113,28 @@ class MinAtarCNN(nn.Module):
         return act(normalization(self.norm, train)(orthogonal_dense(self.hidden_size)(x)))
 
 
+class Flattened(nn.Module):
+    """`torso` on observations flattened from their `obs_ndim` trailing axes (leading batch axes kept)."""
+
+    torso: nn.Module
+    obs_ndim: int
+
+    def __call__(self, x: jnp.ndarray, *args, **kwargs) -> jnp.ndarray:
+        return self.torso(x.reshape(*x.shape[:x.ndim - self.obs_ndim], -1), *args, **kwargs)
+
+
 def make_torso(obs_shape: tuple[int, ...], hidden_sizes: Sequence[int], activation: str,
                norm: str = "none") -> nn.Module:
-    """A CNN for image-like (H, W, C) observations, else an MLP; `norm` after each hidden layer."""
+    """A CNN for image-like (H, W, C) observations, else an MLP (on the flattened observation, for a board-like
+    (H, W) one such as jumanji's 2048); `norm` after each hidden layer."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"activation={activation!r} is not allowed; allowed: {', '.join(ACTIVATIONS)}")
     if len(obs_shape) == 3:
         return MinAtarCNN(activation="relu" if activation == "tanh" else activation, norm=norm)
-    return MLP(tuple(hidden_sizes), activation, norm)
+    mlp = MLP(tuple(hidden_sizes), activation, norm)
+    if len(obs_shape) == 1:
+        return mlp
+    return Flattened(mlp, len(obs_shape))
 
 
 class ActorCritic(nn.Module):

@@ -88,3 +88,15 @@ def test_squashed_gaussian_log_density_is_the_change_of_variables_by_hand(low, h
     gaussian = (-0.5 * ((u - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
     reference = gaussian - np.log(half * (1.0 - np.tanh(u) ** 2)).sum(-1)
     np.testing.assert_allclose(log_prob, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_a_board_observation_is_flattened_before_the_mlp_torso():
+    """(H, W) observations (jumanji's 2048 board) go through the MLP as H*W features, batch axes kept: the same
+    numbers as the MLP on the reshaped batch with the same parameters."""
+    torso = make_torso((4, 4), (8,), "tanh")
+    boards = jax.random.randint(jax.random.PRNGKey(0), (2, 3, 4, 4), 0, 12)
+    params = torso.init(jax.random.PRNGKey(1), boards)
+    features = torso.apply(params, boards)
+    assert features.shape == (2, 3, 8)
+    flat = MLP((8,), "tanh").apply({"params": params["params"]["torso"]}, boards.reshape(2, 3, 16))
+    np.testing.assert_array_equal(np.asarray(features), np.asarray(flat))
