@@ -38,8 +38,7 @@ def evaluate(act: Callable[..., Any], env: Env, key: jax.Array, num_episodes: in
     """Returns and lengths of the first episode of `num_episodes` parallel copies of `env`.
 
     `act(key, obs) -> action` (`act(key, obs, mask=legal_actions)` on an env with an action mask); for a
-    recurrent agent, pass `initial_carry` (its
-    hidden state for `num_episodes` envs at an episode start) and
+    recurrent agent, pass `initial_carry` (its hidden state for `num_episodes` envs at an episode start) and
     `act(key, obs, carry) -> (action, carry)`. `record(timestep)`, if given, is kept
     for every step (also after an env's first episode; mask with the lengths) as `trace`.
     """
