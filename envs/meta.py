@@ -54,6 +54,9 @@ def check_env_flags(env: Any) -> None:
     if not isinstance(getattr(env, "spec", None), EnvSpec) or not callable(getattr(env, "reset", None)):
         raise ConfigError(f"env {name!r} cannot be meta-wrapped: it has no rlzoo EnvSpec and reset(key); wrap it "
                           "with rlzoo.env_adapter.make_env first")
+    if env.spec.action_mask:
+        raise ConfigError(f"env {name!r} cannot be meta-wrapped: it has an action mask, which the meta-RL wrapper "
+                          "does not pass on; allowed: an env without one")
     key = jax.random.PRNGKey(0)
     try:
         state, _ = jax.eval_shape(env.reset, key)

@@ -156,6 +156,8 @@ def test_algorithms_that_do_not_honour_masks_refuse_a_masked_env():
 
     with pytest.raises(ConfigError, match="'pgx/2048' has an action mask, which this algorithm does not honour"):
         dqn.make_train(dqn.Config(env_id="pgx/2048"))
+    with pytest.raises(ConfigError, match="'pgx/2048' cannot be meta-wrapped: it has an action mask"):
+        make_env("meta/pgx/2048")
 
 
 @pytest.mark.parametrize("algo", ["ppo", "pqn"])
