@@ -226,7 +226,14 @@ def _make_backend(env_id: str, max_episode_steps: int | None) -> EpisodicEnv:
     `max_episode_steps` on top where given; `env_backends.DEFAULT_TIME_LIMIT` where the package has none."""
     from rlzoo import env_backends
 
-    native = env_backends.native_env(env_id)
+    env_backends.require_package(env_id)
+    name = env_backends.backend_of(env_id)
+    native_id = env_id[len(name) + 1:]
+    known = env_backends.BACKENDS[name].known_ids()
+    if native_id not in known:
+        raise ConfigError(f"env_id {env_id!r} is unknown to {name}{_did_you_mean(native_id, known, name + '/')}; "
+                          f"{name} ids are: {', '.join(f'{name}/{k}' for k in known)}")
+    native = env_backends.BACKENDS[name].native(native_id)
     limit = max_episode_steps if max_episode_steps is not None else (
         None if native.time_limit is not None else env_backends.DEFAULT_TIME_LIMIT)
     horizon = min(x for x in (limit, native.time_limit) if x is not None)

@@ -27,7 +27,6 @@ Not here: gymnax and brax (`rlzoo.env_adapter`), host environments.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import math
 from collections.abc import Callable
@@ -218,20 +217,19 @@ def _pgx_ids() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """An id prefix, the pip extra and module it needs, how to build a native env and list the known ids."""
+    """How to build a package's native env from its id, and list the ids it knows. The package's module, its
+    pip extra and the id prefix all share the backend's name."""
 
-    extra: str
-    module: str
     native: Callable[[str], Native]
     known_ids: Callable[[], list[str]]
 
 
 BACKENDS: dict[str, Backend] = {
-    "craftax": Backend("craftax", "craftax", _craftax, lambda: list(CRAFTAX_IDS)),
-    "navix": Backend("navix", "navix", _navix, _navix_ids),
-    "xminigrid": Backend("xminigrid", "xminigrid", _xminigrid, _xminigrid_ids),
-    "jumanji": Backend("jumanji", "jumanji", _jumanji, _jumanji_ids),
-    "pgx": Backend("pgx", "pgx", _pgx, _pgx_ids),
+    "craftax": Backend(_craftax, lambda: list(CRAFTAX_IDS)),
+    "navix": Backend(_navix, _navix_ids),
+    "xminigrid": Backend(_xminigrid, _xminigrid_ids),
+    "jumanji": Backend(_jumanji, _jumanji_ids),
+    "pgx": Backend(_pgx, _pgx_ids),
 }
 
 
@@ -241,20 +239,11 @@ def backend_of(env_id: str) -> str | None:
     return prefix if "/" in env_id and prefix in BACKENDS else None
 
 
-def native_env(env_id: str) -> Native:
-    """The `Native` env of a `<backend>/<native id>` id; clear errors for a missing extra or an unknown id."""
+def require_package(env_id: str) -> None:
+    """A clear error naming the extra to install when the package of `env_id` is not installed."""
     name = backend_of(env_id)
-    backend = BACKENDS[name]
-    native_id = env_id[len(name) + 1:]
     try:
-        importlib.import_module(backend.module)
+        importlib.import_module(name)
     except ImportError as error:
         raise ConfigError(f"env_id {env_id!r} needs the {name} package, which is not installed ({error}); "
-                          f"install it with: pip install 'rlzoo[{backend.extra}]'") from None
-    known = backend.known_ids()
-    if native_id not in known:
-        close = difflib.get_close_matches(native_id, known, n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(repr(f'{name}/{c}') for c in close)}?)" if close else ""
-        raise ConfigError(f"env_id {env_id!r} is unknown to {name}{hint}; {name} ids are: "
-                          f"{', '.join(f'{name}/{k}' for k in known)}")
-    return backend.native(native_id)
+                          f"install it with: pip install 'rlzoo[{name}]'") from None
