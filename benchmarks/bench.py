@@ -327,11 +327,16 @@ PACKAGE_TASKS = ("craftax/Craftax-Classic-Symbolic-v1", "navix/Navix-Empty-5x5-v
                  "jumanji/Game2048-v1", "pgx/2048")
 
 
-def env_speed_jobs(num_envs: int, steps: int) -> list[Job]:
-    from rlzoo.benchmarks.bench_envs import ENV_IDS
+# A JAX env beside its host copy (rlzoo.host_envs), for PPO's steps/s on each.
+HOST_TASKS = ("CartPole-v1", "gymnasium/CartPole-v1")
+
+
+def env_speed_jobs(num_envs: int, steps: int, host: bool = False) -> list[Job]:
+    """Raw steps/s of gymnax's and every package's env; with `host`, of the host envs too (Gymnasium, Atari)."""
+    from rlzoo.benchmarks.bench_envs import ENV_IDS, HOST_ENV_IDS
 
     return [Job("env_speed", env_id, {"num_envs": num_envs, "steps": steps}, env_speed(env_id, num_envs, steps))
-            for env_id in ENV_IDS]
+            for env_id in (*ENV_IDS, *(HOST_ENV_IDS if host else ()))]
 
 
 def smoke_jobs() -> list[Job]:
@@ -370,8 +375,9 @@ def cpu_jobs() -> list[Job]:
         *learn_jobs(VALUE_BASED_MINATAR, ("Breakout-MinAtar",), steps=100_000, seeds=5, episodes=10),
         *[Job("sequence_speed", f"small/T={t}", {"size": "small", "T": t}, sequence_speed("small", t, repeats=2))
           for t in (128, 1024)],
-        *env_speed_jobs(num_envs=64, steps=128),
+        *env_speed_jobs(num_envs=64, steps=128, host=True),
         *learn_jobs({"PPO": PPO_MINATAR}, PACKAGE_TASKS, steps=2 * 64 * 128, seeds=1, episodes=2),
+        *learn_jobs({"PPO": {"algo": "ppo"}}, HOST_TASKS, steps=100_000, seeds=1, episodes=8),
         *[Job("offline_pace", f"{algo}/Pendulum-v1", {"updates": 2_000},
               offline_pace(algo, "Pendulum-v1", 2_000, 1_000, tier_size=20_000, behaviour_steps=65_536))
           for algo in OFFLINE],

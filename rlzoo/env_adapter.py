@@ -12,7 +12,8 @@ Not here: policies, rollouts or anything that learns; and no rendering.
 Ids: gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, ...), `brax/<name>` (e.g.
 `brax/hopper`; backend `positional` unless `backend=` says otherwise), the
 `<package>/<native id>` ids of `rlzoo.env_backends` (craftax, navix, xminigrid,
-jumanji, pgx; each an optional extra, wrapped by `EpisodicEnv`), and the ids
+jumanji, pgx; each an optional extra, wrapped by `EpisodicEnv`), the host
+environments of `rlzoo.host_envs` (`gymnasium/<id>`, `atari/<Game>`), and the ids
 of a `registry` of gymnax-API factories that the caller passes in. The layer above
 (`rlzoo.envs.make_env`, what algorithm files call) passes rlzoo's own environments
 and adds the `meta/<id>` wrapper; this module imports neither.
@@ -52,6 +53,7 @@ class EnvSpec:
     action_high: float | None = None
     max_episode_steps: int | None = None
     action_mask: bool = False  # the env gives a legal-action mask (`Env.action_mask`) that policies must honour
+    host: bool = False  # steps on the host through callbacks (`rlzoo.host_envs`): its state cannot be checkpointed
 
     @property
     def action_shape(self) -> tuple[int, ...]:
@@ -269,8 +271,9 @@ def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int
 
     `registry` maps extra ids to zero-argument factories of gymnax-API environments;
     they are looked up before gymnax's. `backend` applies to brax ids only;
-    `max_episode_steps` to brax ids (default `BRAX_TIME_LIMIT`) and package ids
-    (`rlzoo.env_backends`: a limit on top of the package's own). Gymnax and registry
+    `max_episode_steps` to brax ids (default `BRAX_TIME_LIMIT`), package ids
+    (`rlzoo.env_backends`: a limit on top of the package's own) and host ids
+    (`rlzoo.host_envs`: Gymnasium's `max_episode_steps`). Gymnax and registry
     envs carry their own time limit in their params.
     """
     if max_episode_steps is not None and max_episode_steps < 1:
@@ -278,9 +281,12 @@ def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int
     if env_id.startswith(BRAX_PREFIX):
         return _make_brax(env_id, backend, max_episode_steps or BRAX_TIME_LIMIT)
     from rlzoo.env_backends import backend_of
+    from rlzoo.host_envs import is_host_id, make_host_env
 
     if backend_of(env_id) is not None:
         return _make_backend(env_id, max_episode_steps)
+    if is_host_id(env_id):
+        return make_host_env(env_id, max_episode_steps)
 
     import gymnax
 
@@ -297,7 +303,7 @@ def make_env(env_id: str, *, backend: str = "positional", max_episode_steps: int
         f"env_id {env_id!r} is unknown{_did_you_mean(env_id, known)}. Allowed: gymnax ids "
         f"(e.g. CartPole-v1, Pendulum-v1, Breakout-MinAtar), 'brax/<name>' (e.g. brax/hopper), "
         f"'<package>/<id>' for the packages {', '.join(_backend_names())} (e.g. craftax/Craftax-Classic-Symbolic-v1, "
-        f"pgx/2048){ours}."
+        f"pgx/2048), host envs 'gymnasium/<id>' and 'atari/<game>' (e.g. gymnasium/CartPole-v1, atari/Breakout){ours}."
     )
 
 

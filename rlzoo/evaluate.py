@@ -63,6 +63,22 @@ def evaluate(act: Callable[..., Any], env: Env, key: jax.Array, num_episodes: in
         return (env_state, ts.obs, returns, lengths, running, agent_carry), None if record is None else record(ts)
 
     init = (env_state, obs, zeros, zeros.astype(jnp.int32), unfinished, initial_carry)
+    if getattr(env.spec, "host", False) and record is None:
+        # Each host step leaves the program: stop once every episode has ended, and park (`HostEnv.park`) the
+        # envs whose first episode has ended.
+        def unfinished_within_limit(loop):
+            t, carry = loop
+            return (t < max_steps) & carry[4].any()
+
+        def next_step(loop):
+            t, (vec_state, *rest) = loop
+            running = rest[3]  # a stopped member's envs must not step while vmap runs its body for the others
+            carry = (vec_state._replace(env_state=env.park(vec_state.env_state, running)), *rest)
+            return t + 1, step(carry, jax.random.fold_in(run_key, t))[0]
+
+        _, (_, _, returns, lengths, _, _) = jax.lax.while_loop(unfinished_within_limit, next_step,
+                                                               (jnp.zeros((), jnp.int32), init))
+        return EvalResult(returns, lengths)
     (_, _, returns, lengths, _, _), trace = jax.lax.scan(step, init, jax.random.split(run_key, max_steps))
     return EvalResult(returns, lengths, trace)
 

@@ -60,10 +60,10 @@ class MLP(nn.Module):
 
 
 class PatchConv(nn.Module):
-    """A 3x3 convolution written as one matmul over the nine shifted copies of the input (im2col).
+    """A k x k convolution (stride s) written as one matmul over the k*k shifted copies of the input (im2col).
 
-    Same parameters (`kernel` [3, 3, C, features], `bias`) and outputs as
-    `nn.Conv(features, (3, 3), padding=padding)` (tested). XLA CPU lowers a conv whose
+    Same parameters (`kernel` [k, k, C, features], `bias`) and outputs as
+    `nn.Conv(features, (k, k), (s, s), padding=padding)` (tested). XLA CPU lowers a conv whose
     weights are vmapped (seeds x hyperparameters) to a grouped convolution, which was ~28x
     slower per seed than one seed in DQN on Breakout-MinAtar; as a matmul, vmap becomes a
     batched matmul (measured in tests/test_networks.py and the benchmarks README).
@@ -72,18 +72,23 @@ class PatchConv(nn.Module):
     features: int
     padding: str = "VALID"
     kernel_init: Callable = nn.initializers.lecun_normal()
+    kernel_size: int = 3
+    stride: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        if self.padding not in ("VALID", "SAME"):
-            raise ConfigError(f"padding={self.padding!r} is not allowed; allowed: VALID, SAME")
-        kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
+        k, s = self.kernel_size, self.stride
+        if self.padding not in ("VALID", "SAME") or (self.padding == "SAME" and (s != 1 or k % 2 == 0)):
+            raise ConfigError(f"padding={self.padding!r} is not allowed with kernel_size={k}, stride={s}; allowed: "
+                              f"VALID, or SAME with stride 1 and an odd kernel_size")
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.padding == "SAME":
-            x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((1, 1), (1, 1), (0, 0)))
-        height, width = x.shape[-3] - 2, x.shape[-2] - 2
-        patches = jnp.concatenate([x[..., i:i + height, j:j + width, :] for i in range(3) for j in range(3)],
-                                  axis=-1)  # [..., H', W', 9 C] in (row, column, channel) order, as the kernel
+            x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+        height, width = (x.shape[-3] - k) // s + 1, (x.shape[-2] - k) // s + 1
+        rows, cols = s * (height - 1) + 1, s * (width - 1) + 1
+        patches = jnp.concatenate([x[..., i:i + rows:s, j:j + cols:s, :] for i in range(k) for j in range(k)],
+                                  axis=-1)  # [..., H', W', k k C] in (row, column, channel) order, as the kernel
         return patches @ kernel.reshape(-1, self.features) + bias
 
 
@@ -113,6 +118,29 @@ class MinAtarCNN(nn.Module):
         return act(normalization(self.norm, train)(orthogonal_dense(self.hidden_size)(x)))
 
 
+class NatureCNN(nn.Module):
+    """The Atari torso of Mnih et al. (2015, "Human-level control through deep RL"): convolutions of 32 8x8
+    filters (stride 4), 64 4x4 (stride 2) and 64 3x3 (stride 1), then a dense layer of 512. Integer (uint8)
+    frames are scaled to [0, 1]. The convolutions are `PatchConv`s, which stay fast when vmapped."""
+
+    hidden_size: int = 512
+    activation: str = "relu"
+    norm: str = "none"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        act = ACTIVATIONS[self.activation]
+        x = x.astype(jnp.float32) / 255.0 if jnp.issubdtype(x.dtype, jnp.integer) else x.astype(jnp.float32)
+        for features, size, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+            conv = PatchConv(features, "VALID", nn.initializers.orthogonal(np.sqrt(2)), size, stride)
+            x = act(normalization(self.norm, train)(conv(x)))
+        x = x.reshape(*x.shape[:-3], -1)
+        return act(normalization(self.norm, train)(orthogonal_dense(self.hidden_size)(x)))
+
+
+NATURE_CNN_MIN_SIZE = 36  # the smallest height and width the Nature CNN's three VALID convolutions take
+
+
 class Flattened(nn.Module):
     """`torso` on observations flattened from their `obs_ndim` trailing axes (leading batch axes kept)."""
 
@@ -125,10 +153,13 @@ class Flattened(nn.Module):
 
 def make_torso(obs_shape: tuple[int, ...], hidden_sizes: Sequence[int], activation: str,
                norm: str = "none") -> nn.Module:
-    """A CNN for image-like (H, W, C) observations, else an MLP (on the flattened observation, for a board-like
-    (H, W) one such as jumanji's 2048); `norm` after each hidden layer."""
+    """A CNN for image-like (H, W, C) observations (the Nature CNN for frames of at least
+    `NATURE_CNN_MIN_SIZE` pixels such as Atari's, the MinAtar one for smaller grids), else an MLP (on the
+    flattened observation, for a board-like (H, W) one such as jumanji's 2048); `norm` after each hidden layer."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"activation={activation!r} is not allowed; allowed: {', '.join(ACTIVATIONS)}")
+    if len(obs_shape) == 3 and min(obs_shape[:2]) >= NATURE_CNN_MIN_SIZE:
+        return NatureCNN(activation="relu" if activation == "tanh" else activation, norm=norm)
     if len(obs_shape) == 3:
         return MinAtarCNN(activation="relu" if activation == "tanh" else activation, norm=norm)
     mlp = MLP(tuple(hidden_sizes), activation, norm)

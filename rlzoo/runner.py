@@ -201,6 +201,10 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         })
 
     trainer = make_train(config)
+    if options.resume and getattr(getattr(trainer.eval_env, "spec", None), "host", False):
+        raise ConfigError(f"resume={options.resume!r}: env_id {config.env_id!r} steps on the host (rlzoo.host_envs), "
+                          f"whose state a checkpoint cannot hold; allowed: --resume with JAX envs only, or start "
+                          f"a new run (the checkpoints still hold the agent)")
     num_seeds, num_configs = options.num_seeds, len(grid.labels)
     keys, member_hparams = expand_members(seed_keys(options.seed, num_seeds), grid.hparams)
     sharding = member_sharding(keys.shape[0])

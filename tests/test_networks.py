@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlzoo.trainer import ConfigError
-from rlzoo.networks import ActorCritic, MinAtarCNN, MLP, PatchConv, make_torso
+from rlzoo.networks import ActorCritic, MinAtarCNN, MLP, NatureCNN, PatchConv, make_torso
 
 
 def test_discrete_actor_critic_gives_a_categorical_policy_and_a_value_per_observation():
@@ -63,9 +63,31 @@ def test_patch_convolution_equals_flax_conv_with_the_same_parameters(padding):
         jax.tree.map(jnp.shape, params)
 
 
+@pytest.mark.parametrize("size,stride,features", [(8, 4, 32), (4, 2, 64), (3, 1, 64)])  # the Nature CNN's layers
+def test_strided_patch_convolution_equals_flax_conv(size, stride, features):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 21, 22, 4))
+    conv = flax.linen.Conv(features, (size, size), (stride, stride), padding="VALID")
+    params = conv.init(jax.random.PRNGKey(1), x)
+    ours = PatchConv(features, "VALID", kernel_size=size, stride=stride)
+    np.testing.assert_allclose(ours.apply(params, x), conv.apply(params, x), atol=1e-4)
+
+
+def test_atari_frames_get_the_nature_cnn_and_minatar_grids_keep_theirs():
+    frames = jnp.zeros((2, 84, 84, 4), jnp.uint8)
+    torso = make_torso((84, 84, 4), (64,), "tanh")
+    params = torso.init(jax.random.PRNGKey(0), frames)
+    assert isinstance(torso, NatureCNN)
+    assert [params["params"][f"PatchConv_{i}"]["kernel"].shape for i in range(3)] == \
+        [(8, 8, 4, 32), (4, 4, 32, 64), (3, 3, 64, 64)]
+    assert torso.apply(params, frames).shape == (2, 512)
+    assert isinstance(make_torso((10, 10, 4), (64,), "relu"), MinAtarCNN)
+
+
 def test_patch_convolution_refuses_other_paddings():
     with pytest.raises(ConfigError, match="padding"):
         PatchConv(4, "CIRCULAR").init(jax.random.PRNGKey(0), jnp.ones((1, 5, 5, 2)))
+    with pytest.raises(ConfigError, match="stride=2"):
+        PatchConv(4, "SAME", stride=2).init(jax.random.PRNGKey(0), jnp.ones((1, 5, 5, 2)))
 
 
 def test_minatar_cnn_keeps_the_parameter_names_of_flax_conv():
