@@ -324,7 +324,7 @@ def parity_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seed
 
 # One task per environment package (rlzoo.env_backends), for PPO's steps/s beside the raw env's.
 PACKAGE_TASKS = ("craftax/Craftax-Classic-Symbolic-v1", "navix/Navix-Empty-5x5-v0", "xminigrid/MiniGrid-Empty-5x5",
-                 "jumanji/Game2048-v1", "pgx/2048")
+                 "jumanji/Game2048-v1", "pgx/2048", "playground/CartpoleBalance")
 
 
 # A JAX env beside its host copy (rlzoo.host_envs), for PPO's steps/s on each.
@@ -378,6 +378,9 @@ def cpu_jobs() -> list[Job]:
         *env_speed_jobs(num_envs=64, steps=128, host=True),
         *learn_jobs({"PPO": PPO_MINATAR}, PACKAGE_TASKS, steps=2 * 64 * 128, seeds=1, episodes=2),
         *learn_jobs({"PPO": {"algo": "ppo"}}, HOST_TASKS, steps=100_000, seeds=1, episodes=8),
+        # SAC on a DM Control task of MuJoCo Playground: one env, one update per env step, as in the DMC papers.
+        *learn_jobs({"SAC": {"algo": "sac", "config": dict(num_envs=1)}}, ("playground/CartpoleBalance",),
+                    steps=30_000, seeds=2, episodes=4),
         *[Job("offline_pace", f"{algo}/Pendulum-v1", {"updates": 2_000},
               offline_pace(algo, "Pendulum-v1", 2_000, 1_000, tier_size=20_000, behaviour_steps=65_536))
           for algo in OFFLINE],

@@ -1,7 +1,7 @@
-"""Raw env steps/s per environment package on this machine: uniformly random legal actions in `--num-envs`
-envs for `--steps` steps, one jitted scan through `VecEnv` (auto-reset, episode statistics, masks included),
-best of 3 calls after compiling, each going on from the state the call before left (the reset is not timed:
-a host env's reset opens its envs).
+"""Raw env steps/s per environment package on this machine: uniformly random legal actions (continuous:
+uniform within the bounds) in `--num-envs` envs for `--steps` steps, one jitted scan through `VecEnv`
+(auto-reset, episode statistics, masks included), best of 3 calls after compiling, each going on from the
+state the call before left (the reset is not timed: a host env's reset opens its envs).
 
     .venv/bin/python benchmarks/bench_envs.py
 """
@@ -18,7 +18,8 @@ from rlzoo.env_adapter import VecEnv
 from rlzoo.envs import make_env
 
 ENV_IDS = ("CartPole-v1", "Breakout-MinAtar", "craftax/Craftax-Classic-Symbolic-v1", "navix/Navix-Empty-5x5-v0",
-           "xminigrid/MiniGrid-Empty-5x5", "jumanji/Game2048-v1", "jumanji/Snake-v1", "pgx/2048")
+           "xminigrid/MiniGrid-Empty-5x5", "jumanji/Game2048-v1", "jumanji/Snake-v1", "pgx/2048",
+           "playground/CartpoleBalance")
 HOST_ENV_IDS = ("gymnasium/CartPole-v1", "atari/Breakout")  # rlzoo.host_envs: stepped on the host, CPU tier only
 
 
@@ -28,11 +29,17 @@ def random_legal_steps(vec_env: VecEnv, steps: int):
 
     def run(state, key):
         def step(state, key):
-            mask = vec_env.action_mask(state)
-            logits = jnp.zeros((vec_env.num_envs, vec_env.spec.num_actions))
-            if mask is not None:
-                logits = jnp.where(mask, logits, -jnp.inf)
-            state, ts = vec_env.step(key, state, jax.random.categorical(key, logits))
+            spec = vec_env.spec
+            if spec.discrete:
+                mask = vec_env.action_mask(state)
+                logits = jnp.zeros((vec_env.num_envs, spec.num_actions))
+                if mask is not None:
+                    logits = jnp.where(mask, logits, -jnp.inf)
+                action = jax.random.categorical(key, logits)
+            else:
+                action = jax.random.uniform(key, (vec_env.num_envs, spec.num_actions), minval=spec.action_low,
+                                            maxval=spec.action_high)
+            state, ts = vec_env.step(key, state, action)
             return state, ts.reward
 
         return jax.lax.scan(step, state, jax.random.split(key, steps))

@@ -9,6 +9,7 @@ never restored into a run it does not belong to. Saving goes through
 temporary folder and renames it when complete, so a run killed mid-save leaves
 the previous checkpoints intact. A checkpoint that cannot be read (truncated or
 corrupted files) is moved aside to `corrupt-<step>` and the one before it is used.
+Zero-size arrays, which orbax cannot save, are saved as scalars and put back on restore.
 
 Not here: deciding when to save (see `rlzoo.runner`).
 """
@@ -19,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from rlzoo.trainer import ConfigError
@@ -40,8 +43,27 @@ def best_manager(directory: str | Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
+def _is_empty(leaf: Any) -> bool:
+    return getattr(leaf, "size", 1) == 0
+
+
+def without_empty_arrays(state: Any) -> Any:
+    """`state` with each zero-size array (e.g. MJX's actuator activations of a model without any) replaced by
+    a scalar of its dtype: orbax cannot save zero-size arrays, and their value is known from their shape."""
+    leaves, treedef = jax.tree.flatten(state)
+    return treedef.unflatten([np.zeros((), leaf.dtype) if _is_empty(leaf) else leaf for leaf in leaves])
+
+
+def with_empty_arrays(restored: Any, like: Any) -> Any:
+    """Puts back the zero-size arrays of `like` where `without_empty_arrays` put scalars in `restored`."""
+    like_leaves, treedef = jax.tree.flatten(like)
+    restored_leaves = treedef.flatten_up_to(restored)
+    return treedef.unflatten([old if _is_empty(old) else new for old, new in zip(like_leaves, restored_leaves)])
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, written_under: dict[str, Any],
          metrics: dict[str, float] | None = None) -> None:
+    state = without_empty_arrays(state)
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                written_under=ocp.args.JsonSave(written_under)), metrics=metrics)
 
@@ -82,11 +104,12 @@ def restore_latest(manager: ocp.CheckpointManager, like: Any, written_under: dic
             raise ConfigError(f"checkpoint {step} in {manager.directory} was written under a different "
                               f"configuration: {'; '.join(differences)}")
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(without_empty_arrays(like))))
         except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise several types for bad files
             _set_aside(manager, step, error)
             continue
-        return step, restored.state
+        return step, with_empty_arrays(restored.state, like)
     raise CheckpointError(f"no readable checkpoint in {manager.directory}")
 
 

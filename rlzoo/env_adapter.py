@@ -12,7 +12,7 @@ Not here: policies, rollouts or anything that learns; and no rendering.
 Ids: gymnax ids (`CartPole-v1`, `Breakout-MinAtar`, ...), `brax/<name>` (e.g.
 `brax/hopper`; backend `positional` unless `backend=` says otherwise), the
 `<package>/<native id>` ids of `rlzoo.env_backends` (craftax, navix, xminigrid,
-jumanji, pgx; each an optional extra, wrapped by `EpisodicEnv`), the host
+jumanji, pgx, playground; each an optional extra, wrapped by `EpisodicEnv`), the host
 environments of `rlzoo.host_envs` (`gymnasium/<id>`, `atari/<Game>`), and the ids
 of a `registry` of gymnax-API factories that the caller passes in. The layer above
 (`rlzoo.envs.make_env`, what algorithm files call) passes rlzoo's own environments
@@ -239,8 +239,9 @@ def _make_backend(env_id: str, max_episode_steps: int | None) -> EpisodicEnv:
     limit = max_episode_steps if max_episode_steps is not None else (
         None if native.time_limit is not None else env_backends.DEFAULT_TIME_LIMIT)
     horizon = min(x for x in (limit, native.time_limit) if x is not None)
-    spec = EnvSpec(env_id, native.obs_shape, True, native.num_actions, max_episode_steps=horizon,
-                   action_mask=native.has_mask)
+    low, high = native.action_bounds or (None, None)
+    spec = EnvSpec(env_id, native.obs_shape, native.discrete, native.num_actions, low, high,
+                   max_episode_steps=horizon, action_mask=native.has_mask)
     return EpisodicEnv(native, spec, limit)
 
 

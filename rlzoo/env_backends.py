@@ -8,6 +8,8 @@
 - `jumanji/<id>` (Snake-v1, Game2048-v1, RubiksCube-v0, ...): action masks; multi-discrete actions
   flattened into one index.
 - `pgx/<id>` (2048, ...): single-player games only; legal-action masks.
+- `playground/<id>` (CartpoleBalance, CheetahRun, ... of MuJoCo Playground's DM Control suite): continuous
+  actions in [-1, 1], simulated by MJX in JAX; the 1,000-step episode length truncates.
 
 Each package gives a `Native` env here: its own reset and step, without its
 auto-reset. `rlzoo.env_adapter.EpisodicEnv` puts rlzoo's auto-reset on top, so that
@@ -51,9 +53,11 @@ class Native:
     reset: Callable[[chex.PRNGKey], tuple[Any, chex.Array, Any]]
     step: Callable[[chex.PRNGKey, Any, chex.Array], tuple[Any, chex.Array, chex.Array, chex.Array, chex.Array, Any]]
     obs_shape: tuple[int, ...]
-    num_actions: int
+    num_actions: int  # discrete: the number of actions; continuous: the action dimension
     time_limit: int | None  # the package's own, if it has one
     has_mask: bool = False
+    discrete: bool = True
+    action_bounds: tuple[float, float] | None = None  # continuous only: the same bounds on every dimension
 
 
 # --------------------------------------------------------------------------- the packages
@@ -215,13 +219,54 @@ def _pgx_ids() -> list[str]:
     return sorted(pgx.available_envs())
 
 
+def _playground(name: str) -> Native:
+    """A MuJoCo Playground env of the DM Control suite, simulated by MJX in JAX (`impl="jax"`: Playground's
+    default, Warp, stepped ~50x slower on this CPU). Playground's own `done` (e.g. the physics diverging)
+    terminates; its episode length (1,000 steps) truncates, as its training wrapper does. Actions in [-1, 1]."""
+    from mujoco_playground import registry
+
+    config = registry.get_default_config(name)
+    env = registry.load(name, config_overrides={"impl": "jax"})
+    repeat = int(config.action_repeat)
+    if not isinstance(env.observation_size, int):
+        raise ConfigError(f"env_id 'playground/{name}' has structured observations {env.observation_size}; "
+                          f"allowed: Playground envs with one observation vector")
+
+    limit = int(config.episode_length) // repeat
+
+    def reset(key):
+        state = env.reset(key)
+        return (state, jnp.zeros((), jnp.int32)), state.obs, None
+
+    def step(key, inner, action):
+        """Playground's env has no time limit of its own (its training wrapper adds one): it is counted here."""
+        state, time = inner
+        reward = jnp.zeros(())
+        for _ in range(repeat):  # the training wrapper repeats each action `action_repeat` times
+            state = env.step(state, action)
+            reward = reward + state.reward
+        terminated = state.done > 0
+        truncated = jnp.logical_and(time + 1 >= limit, ~terminated)
+        return (state, time + 1), state.obs, reward, terminated, truncated, None
+
+    return Native(reset, step, (env.observation_size,), int(env.action_size), limit, discrete=False,
+                  action_bounds=(-1.0, 1.0))
+
+
+def _playground_ids() -> list[str]:
+    from mujoco_playground import registry
+
+    return sorted(registry.dm_control_suite.ALL_ENVS)
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """How to build a package's native env from its id, and list the ids it knows. The package's module, its
-    pip extra and the id prefix all share the backend's name."""
+    """How to build a package's native env from its id, and list the ids it knows. The package's pip extra and
+    the id prefix share the backend's name, and so does its module unless `module` says otherwise."""
 
     native: Callable[[str], Native]
     known_ids: Callable[[], list[str]]
+    module: str | None = None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -230,6 +275,7 @@ BACKENDS: dict[str, Backend] = {
     "xminigrid": Backend(_xminigrid, _xminigrid_ids),
     "jumanji": Backend(_jumanji, _jumanji_ids),
     "pgx": Backend(_pgx, _pgx_ids),
+    "playground": Backend(_playground, _playground_ids, module="mujoco_playground"),
 }
 
 
@@ -243,7 +289,7 @@ def require_package(env_id: str) -> None:
     """A clear error naming the extra to install when the package of `env_id` is not installed."""
     name = backend_of(env_id)
     try:
-        importlib.import_module(name)
+        importlib.import_module(BACKENDS[name].module or name)
     except ImportError as error:
         raise ConfigError(f"env_id {env_id!r} needs the {name} package, which is not installed ({error}); "
                           f"install it with: pip install 'rlzoo[{name}]'") from None

@@ -183,3 +183,23 @@ def test_non_finite_losses_stop_the_run_naming_the_quantity_and_update(tmp_path,
     err = " ".join(capsys.readouterr().err.split())
     assert "became nan at update" in err or "became inf at update" in err
     assert "(configuration default, seed 0)" in err and "Traceback" not in err
+
+
+def test_zero_size_arrays_which_orbax_cannot_save_come_back_from_a_checkpoint(tmp_path):
+    """MJX states (playground/<id>) hold zero-size arrays, e.g. the actuator activations of a model without any;
+    orbax refuses to save them, so they are saved as scalars and put back on restore, and the rest comes back exactly."""
+    import jax.numpy as jnp
+
+    from rlzoo import checkpoint
+
+    state = {"params": jnp.arange(3.0), "act": jnp.zeros((4, 0)), "nested": (jnp.ones(2, jnp.int32),
+                                                                           jnp.zeros((0,), jnp.bool_))}
+    manager = checkpoint.checkpoint_manager(tmp_path / "checkpoints")
+    checkpoint.save(manager, 7, state, {"algo": "test"})
+    manager.wait_until_finished()
+    step, restored = checkpoint.restore_latest(manager, jax.tree.map(jnp.zeros_like, state), {"algo": "test"})
+    assert step == 7
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -25,6 +25,7 @@ CASES = {
     "xminigrid/MiniGrid-Empty-5x5": (jnp.uint8, False),
     "jumanji/Game2048-v1": (jnp.int32, True),
     "pgx/2048": (jnp.bool_, True),
+    "playground/CartpoleBalance": (jnp.float32, False),  # continuous actions in [-1, 1]
 }
 LIMIT, STEPS, NUM_ENVS = 4, 11, 3  # rlzoo's time limit on top of the package's: episodes end by step 4
 
@@ -38,7 +39,11 @@ def random_legal_rollout(vec_env: VecEnv, key: jax.Array):
         mask = vec_env.action_mask(state)
         if mask is None:
             mask = jnp.ones((NUM_ENVS, vec_env.spec.num_actions), jnp.bool_)
-        action = jax.random.categorical(act_key, jnp.where(mask, 0.0, -jnp.inf))
+        if vec_env.spec.discrete:
+            action = jax.random.categorical(act_key, jnp.where(mask, 0.0, -jnp.inf))
+        else:
+            action = jax.random.uniform(act_key, (NUM_ENVS, vec_env.spec.num_actions), minval=vec_env.spec.action_low,
+                                        maxval=vec_env.spec.action_high)
         new_state, ts = vec_env.step(env_key, state, action)
         return (new_state, ts.obs), dict(obs=obs, mask=mask, action=action, ts=ts, inner=state.env_state)
 
@@ -57,7 +62,8 @@ def test_the_spec_matches_what_the_env_gives(rollout):
     env_id, env, out = rollout
     dtype, has_mask = CASES[env_id]
     spec = env.spec
-    assert spec.env_id == env_id and spec.discrete and spec.action_mask == has_mask
+    assert spec.env_id == env_id and spec.action_mask == has_mask
+    assert spec.discrete != env_id.startswith("playground/")
     assert out["obs"].shape == (STEPS, NUM_ENVS, *spec.obs_shape)
     assert out["obs"].dtype == dtype  # kept as the package gives it (uint8 stays uint8)
     assert spec.max_episode_steps == LIMIT and out["mask"].shape == (STEPS, NUM_ENVS, spec.num_actions)
