@@ -268,11 +268,22 @@ def learn_jobs(algos: dict[str, dict], tasks: tuple[str, ...], steps: int, seeds
             for task in tasks for label, spec in algos.items()]
 
 
+def preset_spec(label: str) -> dict[str, Any]:
+    """A preset (`rlzoo.presets`) as a job spec {"algo", "config", "hparams"}, its budget left to the job."""
+    import importlib
+
+    from rlzoo import presets
+
+    preset = next(p for p in presets.PRESETS if p.label == label)
+    module = importlib.import_module(f"rlzoo.algorithms.{preset.algo}")
+    config, hparams = presets.split_values(preset, module.Config, module.HParams)
+    return {"algo": preset.algo, "config": {k: v for k, v in config.items() if k != "total_timesteps"},
+            "hparams": hparams}
+
+
 # PPO on MinAtar: purejaxql's `config/alg/ppo_minatar.yaml` (64 envs x 128 steps, 4 epochs x 8 minibatches,
-# lr 5e-3 annealed, entropy 1e-4, clip 0.2, max grad norm 0.5, relu).
-PPO_MINATAR = {"algo": "ppo", "config": dict(num_envs=64, num_steps=128, num_epochs=4, num_minibatches=8,
-                                             activation="relu"),
-               "hparams": dict(lr=5e-3, ent_coef=1e-4, clip_eps=0.2, max_grad_norm=0.5)}
+# lr 5e-3 annealed, entropy 1e-4, clip 0.2, max grad norm 0.5, relu): the preset ppo/minatar.
+PPO_MINATAR = preset_spec("ppo/minatar")
 VALUE_BASED_MINATAR = {
     "DQN": {"algo": "dqn", "config": {}},
     "C51": {"algo": "dqn", "config": {"loss": "c51", "v_max": 20.0}},
@@ -282,9 +293,8 @@ VALUE_BASED_MINATAR = {
 OFFLINE = ("BC", "IQL", "CQL", "CSVE")
 # PQN on MinAtar: purejaxql's `config/alg/pqn_minatar.yaml` (128 envs x 32 steps, 2 epochs x 32 minibatches,
 # LayerNorm, RAdam lr 5e-4 decayed linearly, max grad norm 10, gamma 0.99, lambda 0.65, epsilon 1 -> 0.05 over
-# the first 10% of updates, rewards unscaled).
-PQN_MINATAR = {"algo": "pqn", "config": dict(num_envs=128, num_steps=32, num_epochs=2, num_minibatches=32),
-               "hparams": dict(lr=5e-4, lam=0.65, eps_end=0.05, exploration_fraction=0.1, reward_scale=1.0)}
+# the first 10% of updates, rewards unscaled): the preset pqn/minatar.
+PQN_MINATAR = preset_spec("pqn/minatar")
 # The games whose dynamics gymnax 0.0.9 (the peers' pinned version) and 1.x (ours) share: 1.x only renamed
 # is_terminal, split off truncation and made observations bool. SpaceInvaders differs (0.0.9 starts with an
 # extra column of aliens), so it is left out of the peer pairs.
@@ -339,6 +349,24 @@ def env_speed_jobs(num_envs: int, steps: int, host: bool = False) -> list[Job]:
             for env_id in (*ENV_IDS, *(HOST_ENV_IDS if host else ()))]
 
 
+PRESET_SEEDS = 5
+# Presets whose full budget fits the CPU tier (5 seeds in a few minutes each); the others run in the GPU tier.
+CPU_PRESETS = ("ppo/cartpole", "dqn/acrobot", "sac/pendulum", "td3/pendulum")
+
+
+def preset_jobs(labels: tuple[str, ...], episodes: int = 16) -> list[Job]:
+    """Each preset at its own budget on each of its benchmark envs, PRESET_SEEDS seeds: the expected-results
+    table of docs/presets.md."""
+    from rlzoo import presets
+
+    jobs = []
+    for preset in (p for p in presets.PRESETS if p.label in labels):
+        spec = preset_spec(preset.label)
+        jobs += learn_jobs({f"preset_{preset.label}": spec}, preset.envs_to_benchmark(), steps=preset.budget,
+                           seeds=PRESET_SEEDS, episodes=episodes)
+    return jobs
+
+
 def smoke_jobs() -> list[Job]:
     """Every benchmark at toy size, one algorithm per kind of learner (on-policy, value-based: PQN as our half of
     a parity pair, actor-critic) and two offline ones; every other job's settings are checked by the tests
@@ -378,6 +406,7 @@ def cpu_jobs() -> list[Job]:
         *env_speed_jobs(num_envs=64, steps=128, host=True),
         *learn_jobs({"PPO": PPO_MINATAR}, PACKAGE_TASKS, steps=2 * 64 * 128, seeds=1, episodes=2),
         *learn_jobs({"PPO": {"algo": "ppo"}}, HOST_TASKS, steps=100_000, seeds=1, episodes=8),
+        *preset_jobs(CPU_PRESETS),
         # SAC on a DM Control task of MuJoCo Playground: one env, one update per env step, as in the DMC papers.
         *learn_jobs({"SAC": {"algo": "sac", "config": dict(num_envs=1)}}, ("playground/CartpoleBalance",),
                     steps=30_000, seeds=2, episodes=4),

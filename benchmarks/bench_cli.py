@@ -62,8 +62,9 @@ def run_bare(algo: str, env_id: str, repeats: int, overrides: dict | None = None
 def run_cli(algo: str, env_id: str, run_dir: Path, cache_dir: Path, overrides: dict | None = None,
             run_flags: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "RLZOO_COMPILE_CACHE_DIR": str(cache_dir), "JAX_COMPILATION_CACHE_DIR": ""}
+    # --preset none: the bare program is built from the plain Config defaults, so the CLI must run those too.
     command = [sys.executable, f"algorithms/{algo}.py", "--env-id", env_id, "--run-dir", str(run_dir),
-               "--no-progress", *flags(overrides or {}), *run_flags]
+               "--no-progress", "--preset", "none", *flags(overrides or {}), *run_flags]
     subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {k: summary[k] for k in ("compile_s", "run_s", "compile_cache")}

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo import checkpoint
+from rlzoo import checkpoint, presets
 from rlzoo.compile_cache import CacheUse, enable_compile_cache
 from rlzoo.trackers import make_sinks, run_name
 from rlzoo.trainer import ConfigError, Trainer, check, check_hparams
@@ -78,6 +78,9 @@ class RunOptions:
     """Weights & Biases project, with --log wandb (WANDB_MODE=offline works without an account)."""
     compile_cache: bool = True
     """Keep compiled programs in a persistent cache (~/.cache/rlzoo/jax; RLZOO_COMPILE_CACHE=0 also turns it off)."""
+    preset: str | None = None
+    """Preset of Config and HParams values (docs/presets.md): a name, or 'none' for the plain defaults. Default:
+    the algorithm's preset for --env-id, if it has one. Flags given on the command line override it."""
 
     def __post_init__(self):
         check(self.num_seeds >= 1, "num_seeds", self.num_seeds, "must be >= 1")
@@ -182,8 +185,9 @@ def load_run(run_dir: str | Path, make_train: Callable[[Any], Trainer], config_c
 
 
 def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any, hparams: Any,
-                   options: RunOptions) -> dict[str, Any]:
-    """Trains every configuration x seed and writes the run folder; returns the summary."""
+                   options: RunOptions, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Trains every configuration x seed and writes the run folder; returns the summary. `provenance` (the
+    preset used and each value's origin, `apply_preset`) goes into config.json."""
     check_hparams(hparams)
     grid = make_grid(hparams, parse_sweep(options.sweep, type(hparams), type(config)))
     run_dir = Path(options.run_dir or default_run_dir(config.env_id, algo, options.seed))
@@ -198,6 +202,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
             "configs": grid.labels,
             "versions": {p: package_version(p) for p in ("rlzoo", "jax", "flax", "optax", "gymnax", "brax")},
             "devices": [str(d) for d in jax.local_devices()],
+            **(provenance or {}),
         })
 
     trainer = make_train(config)
@@ -377,6 +382,43 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def flags_given(argv: list[str]) -> set[str]:
+    """The field names set on a command line: `--total-timesteps 5` and `--hidden-sizes=64 64` give
+    total_timesteps and hidden_sizes; `--no-double` gives double."""
+    names = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            names.add(name[3:] if name.startswith("no_") else name)
+    return names
+
+
+def apply_preset(algo: str, config: Any, hparams: Any, name: str | None,
+                 given: set[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """Config and HParams with the run's preset (`presets.choose_preset`) under the flags `given`, and the
+    provenance for config.json: the preset's label (or None) and each field's origin (default, preset, flag)."""
+    preset = presets.choose_preset(algo, config.env_id, name)
+    config_values, hparams_values = ({}, {}) if preset is None else presets.split_values(
+        preset, type(config), type(hparams))
+    config = dataclasses.replace(config, **{k: v for k, v in config_values.items() if k not in given})
+    hparams = dataclasses.replace(hparams, **{k: v for k, v in hparams_values.items() if k not in given})
+    origins = {field.name: "flag" if field.name in given else
+               "preset" if field.name in config_values or field.name in hparams_values else "default"
+               for part in (config, hparams) for field in dataclasses.fields(part)}
+    return config, hparams, {"preset": None if preset is None else preset.label, "origins": origins}
+
+
+def describe_preset(preset_label: str | None, origins: dict[str, str]) -> str:
+    """One line for the terminal: which preset the run uses and what overrides it."""
+    if preset_label is None:
+        return "preset: none (the plain defaults; docs/presets.md lists the presets)"
+    preset = next(p for p in presets.PRESETS if p.label == preset_label)
+    overridden = sorted(k for k in preset.values if origins.get(k) == "flag")
+    return (f"preset: {preset.label} for {', '.join(preset.env_ids)} ({preset.source})"
+            + (f"; overridden by flags: {', '.join(overridden)}" if overridden else "")
+            + "; --preset none for the plain defaults")
+
+
 def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable[[Any], Trainer],
             args: list[str] | None = None) -> dict[str, Any] | None:
     """Parses the command line and runs; errors in the input print one clear line and exit with code 2."""
@@ -386,13 +428,21 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
         return config, hparams, run
 
     parse.__annotations__ = {"config": config_cls, "hparams": hparams_cls, "run": RunOptions}
+    listing = "; ".join(f"{p.name} ({', '.join(p.env_ids)}, {p.source})" for p in presets.presets_of(algo))
+    description = (sys.modules[make_train.__module__].__doc__ or "") + (
+        f"\n\nPresets (picked by --env-id; --preset NAME or none; flags override them): {listing}"
+        if listing else "")
 
     def cli(argv):
-        return tyro.cli(parse, args=argv, config=(tyro.conf.OmitArgPrefixes,),
-                        description=sys.modules[make_train.__module__].__doc__)
+        return tyro.cli(parse, args=argv, config=(tyro.conf.OmitArgPrefixes,), description=description)
 
+    argv = sys.argv[1:] if args is None else args
     try:
-        config, hparams, options = cli(args)
+        config, hparams, options = cli(argv)
+        provenance = None
+        if not options.resume:
+            config, hparams, provenance = apply_preset(algo, config, hparams, options.preset, flags_given(argv))
+            print(describe_preset(provenance["preset"], provenance["origins"]), flush=True)
         if options.resume:
             given = (config, hparams, options)
             defaults = cli(["--resume", options.resume])
@@ -400,7 +450,7 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
             options = dataclasses.replace(options, **{name: getattr(given[2], name) for name in HOST_ONLY_OPTIONS})
             check_resume_flags(given, defaults, (config, hparams, options))
         enable_compile_cache(options.compile_cache)
-        return run_experiment(algo, make_train, config, hparams, options)
+        return run_experiment(algo, make_train, config, hparams, options, provenance)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -6,14 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from rlzoo import replay
+from rlzoo import presets, replay
 from rlzoo.algorithms.sac import Config, HParams, SquashedGaussianActor, make_train, sample_action
 from rlzoo.trainer import ConfigError
 from rlzoo.runner import load_run, run_cli
 
-# A CPU test budget (Pendulum-v1, 2 seeds): 2x64 networks, two gradient steps per vectorised step of 4 envs.
-BUDGET = ["--total-timesteps", "10000", "--learning-starts", "1000", "--hidden-sizes", "64", "64",
-          "--utd-ratio", "2", "--actor-lr", "1e-3"]
+# CLI defaults alone on Pendulum-v1, the default env: the preset sac/pendulum (RL Zoo's; rlzoo/presets.py) picks
+# the budget (2e4 steps of 1 env, one gradient step per env step, 256x256 networks). 2 seeds.
+PRESET = presets.choose_preset("sac", "Pendulum-v1", None)
 RUN = ["--num-seeds", "2", "--num-chunks", "1", "--eval-episodes", "16", "--no-progress"]
 FILES = ("config.json", "metrics.csv", "summary.json", "eval.csv", "learning_curve.png")
 
@@ -35,7 +35,7 @@ def final_eval_returns(run_dir):
 def sac_run(tmp_path_factory):
     """One CLI run of SAC on Pendulum-v1 with two vmapped seeds, shared by the tests that check it."""
     run_dir = tmp_path_factory.mktemp("runs") / "sac"
-    summary = run_cli("sac", Config, HParams, make_train, args=[*BUDGET, *RUN, "--run-dir", str(run_dir)])
+    summary = run_cli("sac", Config, HParams, make_train, args=[*RUN, "--run-dir", str(run_dir)])
     return run_dir, summary
 
 
@@ -43,14 +43,15 @@ def test_sac_keeps_the_run_folder_contract(sac_run):
     run_dir, summary = sac_run
     for name in FILES:
         assert (run_dir / name).exists(), name
-    assert summary["env_steps"] == 10_000 and np.isfinite(summary["final_eval_return"])
+    assert summary["env_steps"] == 20_000 and np.isfinite(summary["final_eval_return"])
     rows = read_rows(run_dir / "metrics.csv")
-    assert len(rows) == 2 * 2500 and np.isfinite([float(r["critic_loss"]) for r in rows]).all()
+    assert len(rows) == 2 * 20_000 and np.isfinite([float(r["critic_loss"]) for r in rows]).all()
 
 
 @pytest.mark.slow
-def test_sac_reaches_minus_250_on_pendulum_on_each_of_two_seeds(sac_run):
-    """The final greedy policy (tanh of the mean) on 16 fresh episodes per seed; random play gets about -1200."""
+def test_sac_reaches_minus_250_on_pendulum_on_each_of_two_seeds_with_cli_defaults(sac_run):
+    """With CLI defaults alone (the sac/pendulum preset), the final greedy policy (tanh of the mean) on 16
+    fresh episodes per seed; random play gets about -1200."""
     returns = final_eval_returns(sac_run[0])
     assert returns.shape == (2,) and (returns >= -250).all(), returns
 
@@ -60,7 +61,7 @@ def test_temperature_drives_the_policy_entropy_to_the_target(sac_run):
     """-E[log pi(a|s)] of the final policy over 4096 replay states per seed: within 0.3 nats of -1 = -action_dim."""
     run_dir, _ = sac_run
     state = load_run(run_dir, make_train, Config, HParams).state
-    actor = SquashedGaussianActor(1, (64, 64))
+    actor = SquashedGaussianActor(1, PRESET.values["hidden_sizes"])
 
     def entropy(member_state, key):
         sample_key, action_key = jax.random.split(key)
@@ -70,7 +71,7 @@ def test_temperature_drives_the_policy_entropy_to_the_target(sac_run):
     final_entropy = np.asarray(jax.jit(jax.vmap(entropy))(state, jax.random.split(jax.random.PRNGKey(7), 2)))
     assert (np.abs(final_entropy - (-1.0)) < 0.3).all(), final_entropy
     # When learning started the policy was more random than the target, so alpha had to fall from 1.
-    first = [r for r in read_rows(run_dir / "metrics.csv") if int(r["update"]) == 1000 // 4 + 1]
+    first = [r for r in read_rows(run_dir / "metrics.csv") if int(r["update"]) == PRESET.values["learning_starts"] + 1]
     assert all(float(r["entropy"]) > -0.5 for r in first), first
     final_alpha = np.exp(np.asarray(state.learner.log_alpha))
     assert (final_alpha < 0.5).all(), final_alpha
