@@ -116,6 +116,10 @@ def restore_latest(manager: ocp.CheckpointManager, like: Any, written_under: dic
 def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
     directory = Path(manager.directory)
     target = directory / f"corrupt-{step}"
+    copies = 1
+    while target.exists():  # the same step corrupted again after a resume rewrote it
+        copies += 1
+        target = directory / f"corrupt-{step}-{copies}"
     (directory / str(step)).rename(target)
     manager.reload()
     reason = str(error).splitlines()[0][:200]

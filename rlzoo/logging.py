@@ -49,14 +49,31 @@ class MetricsCSV:
                     writer.writerow(row)
 
     def truncate_after(self, update: int) -> None:
-        """Drops rows logged after `update` (a killed run may have logged past its last checkpoint)."""
+        """Drops rows logged after `update` (a killed run may have logged past its last checkpoint), and a
+        partial row (a run killed while writing one)."""
         if not self.path.exists():
             return
         with self.path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= update]
+            lines = f.read().splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # a row cut off mid-write: every whole row ends with a newline
+        rows = list(csv.reader(lines))
+        if not rows:
+            return
+        kept = [rows[0]] + [r for r in rows[1:] if _complete(r, len(rows[0])) and int(r[0]) <= update]
         with self.path.open("w", newline="") as f:
             csv.writer(f).writerows(kept)
+
+
+def _complete(row: list[str], width: int) -> bool:
+    """A whole metrics row: every column there, each one a number (the config label excepted)."""
+    if len(row) != width or not row[0].isdigit():
+        return False
+    try:
+        [float(v) for i, v in enumerate(row) if i != 2]  # column 2 is the configuration's label
+    except ValueError:
+        return False
+    return True
 
 
 def _fmt(value: float) -> str:

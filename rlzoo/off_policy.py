@@ -78,6 +78,9 @@ class OffPolicyConfig:
         check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size,
               f"must be >= num_envs ({self.num_envs})")
         check(self.learning_starts >= 0, "learning_starts", self.learning_starts, "must be >= 0")
+        check(self.learning_starts < self.total_timesteps, "learning_starts", self.learning_starts,
+              f"must be < total_timesteps ({self.total_timesteps}), or no gradient step is taken; lower it or "
+              f"raise total_timesteps")
         check(all(h >= 1 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes, "sizes must be >= 1")
         check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
         check(self.brax_backend in BRAX_BACKENDS, "brax_backend", self.brax_backend,

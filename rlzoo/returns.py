@@ -291,14 +291,22 @@ def n_step_window(rewards: Array, terminated: Array, in_sum: Array, gamma: Scala
     dtype = _float_dtype(rewards)
     gamma = jnp.asarray(gamma, dtype)
     in_sum = jnp.asarray(in_sum, bool)
-    returns = jnp.zeros(rewards.shape[1:], dtype)
-    discount = jnp.zeros(rewards.shape[1:], dtype)
-    gamma_k = jnp.ones((), dtype)  # γ^k
-    for k in range(rewards.shape[0]):
-        returns = returns + jnp.where(in_sum[k], gamma_k * rewards[k].astype(dtype), 0.0)
+    in_sum_next = jnp.concatenate([in_sum[1:], jnp.zeros_like(in_sum[:1])])  # the sum goes on at step k + 1
+
+    def add_step(carry, step):
+        """Step k of the window: its reward joins the sum; where the sum stops, the discount is γ^{k+1}."""
+        returns, discount, gamma_k = carry
+        reward, terminated_k, in_sum_k, in_sum_after = step
+        returns = returns + jnp.where(in_sum_k, gamma_k * reward.astype(dtype), 0.0)
         gamma_k = gamma_k * gamma
-        stops_here = in_sum[k] & ~in_sum[k + 1] if k + 1 < rewards.shape[0] else in_sum[k]
-        discount = jnp.where(stops_here, gamma_k * (1.0 - (jnp.asarray(terminated[k]) != 0).astype(dtype)), discount)
+        stops_here = in_sum_k & ~in_sum_after
+        discount = jnp.where(stops_here, gamma_k * (1.0 - (terminated_k != 0).astype(dtype)), discount)
+        return (returns, discount, gamma_k), None
+
+    zeros = jnp.zeros(rewards.shape[1:], dtype)
+    # A scan, not a Python loop: the trace stays one step long however large n is (issue 24: --n-step 100000).
+    (returns, discount, _), _ = jax.lax.scan(add_step, (zeros, zeros, jnp.ones((), dtype)),
+                                             (rewards, jnp.asarray(terminated), in_sum, in_sum_next))
     return NStepWindow(returns, discount, jnp.sum(in_sum, axis=0, dtype=jnp.int32))
 
 

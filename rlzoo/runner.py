@@ -18,12 +18,18 @@ continues; rows logged after that checkpoint are dropped from metrics.csv first.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
+import signal
+import socket
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -83,6 +89,7 @@ class RunOptions:
     the algorithm's preset for --env-id, if it has one. Flags given on the command line override it."""
 
     def __post_init__(self):
+        check(-2**31 <= self.seed < 2**31, "seed", self.seed, "must fit in 32 bits: -2**31 <= seed < 2**31")
         check(self.num_seeds >= 1, "num_seeds", self.num_seeds, "must be >= 1")
         check(self.num_chunks >= 1, "num_chunks", self.num_chunks, "must be >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
@@ -144,11 +151,25 @@ def load_run_config(run_dir: Path, config_cls: type, hparams_cls: type) -> tuple
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"resume={str(run_dir)!r}: no {CONFIG_FILE} there; is it a run folder?")
-    saved = json.loads(path.read_text())
-    config = config_cls(**{k: _tuples(v) for k, v in saved["config"].items()})
-    hparams = hparams_cls(**saved["hparams"])
-    run = {k: _tuples(v) for k, v in saved["run"].items()}
-    return config, hparams, RunOptions(**{**run, "run_dir": str(run_dir), "resume": str(run_dir)})
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"resume={str(run_dir)!r}: {path} is not valid JSON ({error}); it was damaged or edited "
+                          f"by hand") from None
+    parts = []
+    for section, cls in (("config", config_cls), ("hparams", hparams_cls), ("run", RunOptions)):
+        values = saved.get(section) if isinstance(saved, dict) else None
+        if not isinstance(values, dict):
+            raise ConfigError(f"resume={str(run_dir)!r}: {path} has no {section!r} section; is it a run folder?")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"resume={str(run_dir)!r}: {path} section {section!r} has unknown keys {unknown}; "
+                              f"allowed: {', '.join(sorted(known))} (written by another version, or edited)")
+        parts.append({k: _tuples(v) for k, v in values.items()})
+    config_values, hparams_values, run = parts
+    return (config_cls(**config_values), hparams_cls(**hparams_values),
+            RunOptions(**{**run, "run_dir": str(run_dir), "resume": str(run_dir)}))
 
 
 def describe_run(algo: str, config: Any, hparams: Any, labels: list[str], options: RunOptions) -> dict[str, Any]:
@@ -184,32 +205,103 @@ def load_run(run_dir: str | Path, make_train: Callable[[Any], Trainer], config_c
     return LoadedRun(config, hparams, grid.labels, trainer, state, update)
 
 
+LOCK_FILE = ".lock"
+
+
+def make_run_folder(run_dir: Path) -> None:
+    """Creates the run folder, or says clearly why it cannot (a file in the way, no permission, ...)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / LOCK_FILE
+        probe.touch()
+    except OSError as error:
+        raise ConfigError(f"run_dir={str(run_dir)!r} cannot be used as a run folder: {error.strerror or error}; "
+                          f"allowed: a folder this user can create and write") from None
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """One writer per run folder: an exclusive lock on `run_dir/.lock`, held while the run writes.
+
+    The lock is the operating system's (`flock`), so it goes with the process that holds it, also when that
+    process is killed: a lock file left behind by a crash holds nothing and the next run takes it. The file
+    names the holder, and a second writer is refused with that name."""
+    handle = (run_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"run_dir={str(run_dir)!r} is in use by {holder}; allowed: wait for that run to end "
+                          f"(or stop it), or choose another --run-dir") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def check_folder_belongs_to_this_run(run_dir: Path, options: RunOptions) -> None:
+    """A new run needs a folder without another run's config.json or checkpoints."""
+    if options.resume:
+        return
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"run_dir={str(run_dir)!r} already holds a run: continue it with --resume {run_dir} "
+                          f"or choose another --run-dir")
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise ConfigError(f"run_dir={str(run_dir)!r} holds checkpoints but no {CONFIG_FILE}: they belong to another "
+                          f"run; allowed: an empty or new --run-dir (move or delete {checkpoints} first)")
+
+
+def warn_if_budget_is_cut(config: Any, trainer: Trainer) -> None:
+    """Says loudly when total_timesteps is not a whole number of updates, so fewer steps are trained."""
+    asked = getattr(config, "total_timesteps", None)
+    trained = trainer.num_updates * trainer.env_steps_per_update
+    if asked is not None and trained != asked:
+        step = trainer.env_steps_per_update
+        lower, higher = trained, trained + step
+        print(f"warning: total_timesteps={asked} is not a multiple of the {step} env steps of one update, so "
+              f"{trained} steps are trained; use {lower} or {higher} for an exact budget", file=sys.stderr,
+              flush=True)
+
+
 def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any, hparams: Any,
                    options: RunOptions, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains every configuration x seed and writes the run folder; returns the summary. `provenance` (the
     preset used and each value's origin, `apply_preset`) goes into config.json."""
     check_hparams(hparams)
     grid = make_grid(hparams, parse_sweep(options.sweep, type(hparams), type(config)))
-    run_dir = Path(options.run_dir or default_run_dir(config.env_id, algo, options.seed))
-    if not options.resume and (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(f"run_dir={str(run_dir)!r} already holds a run: continue it with --resume {run_dir} "
-                          f"or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not options.resume:
-        write_json(run_dir / CONFIG_FILE, {
-            "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
-            "run": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("run_dir", "resume")},
-            "configs": grid.labels,
-            "versions": {p: package_version(p) for p in ("rlzoo", "jax", "flax", "optax", "gymnax", "brax")},
-            "devices": [str(d) for d in jax.local_devices()],
-            **(provenance or {}),
-        })
-
-    trainer = make_train(config)
+    trainer = make_train(config)  # checks the env, the dataset and the sizes before anything is written
     if options.resume and getattr(getattr(trainer.eval_env, "spec", None), "host", False):
         raise ConfigError(f"resume={options.resume!r}: env_id {config.env_id!r} steps on the host (rlzoo.host_envs), "
                           f"whose state a checkpoint cannot hold; allowed: --resume with JAX envs only, or start "
                           f"a new run (the checkpoints still hold the agent)")
+    warn_if_budget_is_cut(config, trainer)
+    run_dir = Path(options.run_dir or default_run_dir(config.env_id, algo, options.seed))
+    make_run_folder(run_dir)
+    with run_folder_lock(run_dir):
+        check_folder_belongs_to_this_run(run_dir, options)
+        if not options.resume:
+            write_json(run_dir / CONFIG_FILE, {
+                "algo": algo, "config": dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams),
+                "run": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("run_dir", "resume")},
+                "configs": grid.labels,
+                "versions": {p: package_version(p) for p in ("rlzoo", "jax", "flax", "optax", "gymnax", "brax")},
+                "devices": [str(d) for d in jax.local_devices()],
+                **(provenance or {}),
+            })
+        return _train_in_folder(algo, trainer, config, hparams, options, grid, run_dir)
+
+
+def _train_in_folder(algo: str, trainer: Trainer, config: Any, hparams: Any, options: RunOptions, grid: Any,
+                     run_dir: Path) -> dict[str, Any]:
+    """run_experiment's training, with the run folder made, locked and its config.json written."""
     num_seeds, num_configs = options.num_seeds, len(grid.labels)
     keys, member_hparams = expand_members(seed_keys(options.seed, num_seeds), grid.hparams)
     sharding = member_sharding(keys.shape[0])
@@ -296,10 +388,14 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                                              keys.shape[0])
                 eval_metrics = evaluate_members(state, shard_members(eval_keys, sharding))
             if pending is not None:
-                write_chunk_outputs(*pending)
+                done, pending = pending, None  # never written twice, even if interrupted while writing
+                write_chunk_outputs(*done)
             pending = (chunk_start, size, state, metrics, eval_metrics)
+            if _STOP_REQUESTED.is_set():  # SIGINT/SIGTERM: finish the chunk in flight, write it, stop
+                break
         if pending is not None:
-            write_chunk_outputs(*pending)
+            done, pending = pending, None
+            write_chunk_outputs(*done)
     finally:
         bar.close()
         for sink in sinks:
@@ -308,6 +404,9 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         if evaluate_members is not None:
             best.wait_until_finished()
     run_s += time.perf_counter() - loop_start
+    if _STOP_REQUESTED.is_set() and chunk_start < trainer.num_updates:
+        raise RunInterrupted(f"stopped after update {chunk_start} of {trainer.num_updates}, whose checkpoint and "
+                             f"metrics are written; continue with --resume {run_dir}")
     compile_s = compiles.seconds
 
     if not last_metrics:  # resumed a run that had already finished
@@ -419,6 +518,36 @@ def describe_preset(preset_label: str | None, origins: dict[str, str]) -> str:
             + "; --preset none for the plain defaults")
 
 
+class RunInterrupted(Exception):
+    """The run stopped on SIGINT or SIGTERM after writing its last chunk; `--resume` continues it."""
+
+
+_STOP_REQUESTED = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    """The first SIGINT/SIGTERM asks the run to stop after the chunk in flight; a second one stops it now."""
+    if _STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
+    _STOP_REQUESTED.set()
+
+
+@contextlib.contextmanager
+def stop_gracefully_on_signals() -> Iterator[None]:
+    """While a CLI run lasts, Ctrl-C and SIGTERM (a scheduler's stop) end it between chunks: the chunk in flight
+    is finished and written, checkpoint writes complete, and one line is printed; the handlers are put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP_REQUESTED.clear()
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable[[Any], Trainer],
             args: list[str] | None = None) -> dict[str, Any] | None:
     """Parses the command line and runs; errors in the input print one clear line and exit with code 2."""
@@ -447,25 +576,38 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
             given = (config, hparams, options)
             defaults = cli(["--resume", options.resume])
             config, hparams, options = load_run_config(Path(options.resume), config_cls, hparams_cls)
+            if given[2].run_dir is not None and Path(given[2].run_dir).resolve() != Path(options.resume).resolve():
+                raise ConfigError(f"run_dir={given[2].run_dir!r} contradicts resume={options.resume!r}: a resumed "
+                                  f"run stays in its own folder; allowed: --resume alone")
             options = dataclasses.replace(options, **{name: getattr(given[2], name) for name in HOST_ONLY_OPTIONS})
-            check_resume_flags(given, defaults, (config, hparams, options))
+            check_resume_flags(given, defaults, (config, hparams, options), flags_given(argv))
         enable_compile_cache(options.compile_cache)
-        return run_experiment(algo, make_train, config, hparams, options, provenance)
+        with stop_gracefully_on_signals():
+            return run_experiment(algo, make_train, config, hparams, options, provenance)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except (TrainingDiverged, checkpoint.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except RunInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        print("interrupted at once (a second signal): the checkpoints written so far are kept; continue with "
+              "--resume <run folder>", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
-def check_resume_flags(given: tuple, defaults: tuple, saved: tuple) -> None:
-    """Refuses flags given beside --resume that contradict the run's saved configuration."""
+def check_resume_flags(given: tuple, defaults: tuple, saved: tuple, explicit: set[str] = frozenset()) -> None:
+    """Refuses flags given beside --resume that contradict the run's saved configuration: those that differ
+    from the defaults, and those named on the command line (`explicit`) even where they equal the defaults."""
     conflicts = []
     for given_part, default_part, saved_part in zip(given, defaults, saved):
         for field in dataclasses.fields(given_part):
             value = getattr(given_part, field.name)
-            if field.name in ("resume", "run_dir", *HOST_ONLY_OPTIONS) or value == getattr(default_part, field.name):
+            if field.name in ("resume", "run_dir", *HOST_ONLY_OPTIONS) or (
+                    value == getattr(default_part, field.name) and field.name not in explicit):
                 continue  # not given on the command line
             if value != getattr(saved_part, field.name):
                 conflicts.append(f"{field.name}={value!r} (the run has {getattr(saved_part, field.name)!r})")

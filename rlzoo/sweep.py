@@ -69,6 +69,23 @@ class Grid(NamedTuple):
     hparams: Any  # HParams whose every field is a float32 array [C]
 
 
+def check_distinct_configurations(values: dict[str, list[float]], labels: list[str]) -> None:
+    """Refuses a sweep whose values collide: equal as float32 (what the program sees) or printed alike (its
+    label in metrics.csv), which would train the same configuration twice or write two under one label."""
+    for name, raw in values.items():
+        seen: dict[Any, float] = {}
+        for value in raw:
+            key = (np.float32(value).item(), f"{value:g}")
+            for other_key, other in seen.items():
+                if key[0] == other_key[0] or key[1] == other_key[1]:
+                    raise ConfigError(f"sweep values of {name!r} collide: {other!r} and {value!r} are the same as "
+                                      f"float32 or as printed ({key[1]!r}, 6 significant digits); allowed: values "
+                                      f"that differ in float32 and in their first 6 significant digits")
+            seen[key] = value
+    if len(set(labels)) != len(labels):  # a last guard: labels are the metrics' keys
+        raise ConfigError(f"sweep configurations share labels: {sorted(set(l for l in labels if labels.count(l) > 1))}")
+
+
 def make_grid(base: Any, values: dict[str, list[float]]) -> Grid:
     """The cartesian product of `values` over `base`, validated against `HParams.BOUNDS`."""
     names = list(values)
@@ -81,6 +98,7 @@ def make_grid(base: Any, values: dict[str, list[float]]) -> Grid:
         check_hparams(hp, label=f"sweep configuration {label}: " if overrides else "")
         members.append(hp)
         labels.append(label)
+    check_distinct_configurations(values, labels)
     stacked = jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32), *members)
     return Grid(labels, stacked)
 

@@ -32,8 +32,9 @@ class Range:
     high_closed: bool = True
 
     def __contains__(self, value: float) -> bool:
-        above = value >= self.low if self.low_closed else value > self.low
-        below = value <= self.high if self.high_closed else value < self.high
+        # An infinite end is open however it is declared (as printed): `--lr inf` is refused.
+        above = value >= self.low if self.low_closed and math.isfinite(self.low) else value > self.low
+        below = value <= self.high if self.high_closed and math.isfinite(self.high) else value < self.high
         return bool(above and below and not math.isnan(value))
 
     def __str__(self) -> str:

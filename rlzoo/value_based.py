@@ -71,6 +71,9 @@ class ReplayConfig:
         check(self.buffer_size >= self.num_envs, "buffer_size", self.buffer_size,
               f"must be >= num_envs ({self.num_envs})")
         check(self.learning_starts >= 0, "learning_starts", self.learning_starts, "must be >= 0")
+        check(self.learning_starts < self.total_timesteps, "learning_starts", self.learning_starts,
+              f"must be < total_timesteps ({self.total_timesteps}), or no gradient step is taken; lower it or "
+              f"raise total_timesteps")
         check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
         replay.check_can_sample(self.batch_size, self.buffer_size // self.num_envs, self.num_envs,
                                 max(self.learning_starts, self.num_envs * self.train_every,

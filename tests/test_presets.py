@@ -101,3 +101,11 @@ def test_the_cli_prints_the_preset_and_config_json_records_the_origins_which_res
     with pytest.raises(SystemExit):  # the run is complete; resuming reads config.json and leaves it as it was
         run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=["--resume", str(run_dir), "--no-progress"])
     assert (run_dir / "config.json").read_text() == written
+
+
+def test_the_presets_doc_lists_every_preset_with_its_source():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "presets.md").read_text()
+    for preset in presets.PRESETS:
+        assert f"**`{preset.label}`**" in text and preset.source in text, preset.label

@@ -1,0 +1,231 @@
+"""Hostile use of the run harness (issue 24): one writer per run folder, validation before any side effect, no
+silent no-ops, run-folder integrity after faults, clean exits. Each case asserts the exit or the error, that
+the message names the field, and that nothing was lost or left broken."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rlzoo import checkpoint
+from rlzoo.algorithms import dqn, ppo
+from rlzoo.logging import MetricsCSV
+from rlzoo.runner import RunOptions, run_cli, run_experiment, run_folder_lock, warn_if_budget_is_cut
+from rlzoo.sweep import make_grid
+from rlzoo.trainer import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--total-timesteps", "1024", "--num-chunks", "2", "--eval-episodes", "0", "--no-progress"]
+
+
+def cli_error(capsys, algo_module, args) -> str:
+    """Runs the CLI expecting a clean refusal (exit code 2, one `error:` line or tyro's box for a flag's value,
+    no traceback); returns the message with its whitespace collapsed."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(algo_module.__name__.rsplit(".", 1)[1], algo_module.Config, algo_module.HParams,
+                algo_module.make_train, args=args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (err.startswith("error: ") or "Value error" in err) and "Traceback" not in err, err
+    return " ".join(err.split())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A complete tiny PPO run on CartPole (2 chunks), copied by the tests that damage it."""
+    run_dir = tmp_path_factory.mktemp("runs") / "ppo"
+    run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=[*TINY, "--run-dir", str(run_dir)])
+    return run_dir
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+
+
+def test_a_second_writer_is_refused_naming_the_holder(finished_run, tmp_path, capsys):
+    run_dir = tmp_path / "busy"
+    shutil.copytree(finished_run, run_dir)
+    with run_folder_lock(run_dir):
+        message = cli_error(capsys, ppo, ["--resume", str(run_dir), "--no-progress"])
+    assert f"run_dir='{run_dir}' is in use by pid {os.getpid()}" in message
+    before = (run_dir / "metrics.csv").read_bytes()
+    assert (run_dir / "metrics.csv").read_bytes() == before
+
+
+def test_a_lock_left_by_a_killed_process_holds_nothing(tmp_path):
+    """The lock is the kernel's: it dies with its process, so a crash leaves a lock file that the next run takes."""
+    run_dir = tmp_path / "crashed"
+    run_dir.mkdir()
+    script = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from rlzoo.runner import run_folder_lock
+        with run_folder_lock(Path({str(run_dir)!r})):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ConfigError, match=f"is in use by pid {holder.pid}"):
+        with run_folder_lock(run_dir):
+            pass
+    holder.kill()
+    holder.wait()
+    with run_folder_lock(run_dir):  # the stale lock file is taken over
+        assert f"pid {os.getpid()}" in (run_dir / ".lock").read_text()
+
+
+# --------------------------------------------------------------------------- validation before side effects
+
+
+def test_a_rejected_configuration_leaves_no_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "typo"
+    message = cli_error(capsys, ppo, ["--env-id", "CartPole-v9", *TINY, "--run-dir", str(run_dir)])
+    assert "env_id 'CartPole-v9' is unknown" in message and not run_dir.exists()
+
+
+def test_a_new_run_refuses_a_folder_holding_checkpoints_it_did_not_write(finished_run, tmp_path, capsys):
+    run_dir = tmp_path / "foreign"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "config.json").unlink()
+    message = cli_error(capsys, ppo, [*TINY, "--seed", "5", "--run-dir", str(run_dir)])
+    assert "holds checkpoints but no config.json" in message and not (run_dir / "config.json").exists()
+
+
+@pytest.mark.parametrize("make_target, reason", [
+    (lambda tmp: tmp / "a_file", "File exists"),
+    (lambda tmp: Path("/proc/rlzoo_run"), "No such file or directory"),
+])
+def test_a_run_dir_that_cannot_be_a_folder_is_a_clear_error_naming_the_flag(make_target, reason, tmp_path, capsys):
+    target = make_target(tmp_path)
+    if target.parent == tmp_path:
+        target.write_text("not a folder")
+    message = cli_error(capsys, ppo, [*TINY, "--run-dir", str(target)])
+    assert f"run_dir='{target}' cannot be used as a run folder" in message and reason in message
+
+
+# --------------------------------------------------------------------------- no silent no-ops
+
+
+def test_a_replay_run_that_would_take_no_gradient_step_is_refused():
+    with pytest.raises(ConfigError, match=r"learning_starts=10000 is not allowed: must be < total_timesteps \(2000\)"):
+        dqn.Config(total_timesteps=2_000)
+
+
+def test_a_budget_that_is_not_a_whole_number_of_updates_is_said_loudly(capsys):
+    warn_if_budget_is_cut(ppo.Config(total_timesteps=1023), ppo.make_train(ppo.Config(total_timesteps=1023)))
+    err = capsys.readouterr().err
+    assert "total_timesteps=1023 is not a multiple of the 512 env steps of one update, so 512 steps" in err
+    warn_if_budget_is_cut(ppo.Config(total_timesteps=1024), ppo.make_train(ppo.Config(total_timesteps=1024)))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("values", [[1e-4, 0.0001], [1.0000001e-3, 1.0000002e-3]])
+def test_sweep_values_that_collide_are_refused(values):
+    with pytest.raises(ConfigError, match="sweep values of 'lr' collide"):
+        make_grid(ppo.HParams(), {"lr": values})
+
+
+# --------------------------------------------------------------------------- run-folder integrity
+
+
+def test_resume_drops_a_metrics_row_cut_off_mid_write(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("update,env_steps,config,seed,loss\r\n1,4,default,0,0.5\r\n2,8,default,0,0.25\r\n3,12,def")
+    MetricsCSV(path, ["loss"], ["default"], 1).truncate_after(10)
+    assert path.read_bytes() == b"update,env_steps,config,seed,loss\r\n1,4,default,0,0.5\r\n2,8,default,0,0.25\r\n"
+    path.write_text("update,env_steps,config,seed,loss\r\n1,4,default,0,0.5\r\n2,8,default,0,0.2")  # a number cut
+    MetricsCSV(path, ["loss"], ["default"], 1).truncate_after(10)
+    assert path.read_bytes() == b"update,env_steps,config,seed,loss\r\n1,4,default,0,0.5\r\n"
+
+
+def test_the_same_checkpoint_step_corrupted_twice_is_set_aside_twice(tmp_path, capsys):
+    import jax.numpy as jnp
+
+    manager = checkpoint.checkpoint_manager(tmp_path / "checkpoints")
+    state = {"w": jnp.arange(3.0)}
+    for _ in range(2):
+        checkpoint.save(manager, 5, state, {"run": 1})
+        manager.wait_until_finished()
+        checkpoint._set_aside(manager, 5, ValueError("damaged"))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["corrupt-5", "corrupt-5-2"]
+    assert capsys.readouterr().err.count("error: checkpoint 5 cannot be read") == 2
+
+
+def test_resume_refuses_another_run_dir_and_explicit_flags_that_contradict_even_at_their_defaults(
+        finished_run, tmp_path, capsys):
+    message = cli_error(capsys, ppo, ["--resume", str(finished_run), "--run-dir", str(tmp_path / "elsewhere")])
+    assert "contradicts resume=" in message
+    saved = json.loads((finished_run / "config.json").read_text())
+    assert saved["config"]["total_timesteps"] == 1024 and ppo.Config().total_timesteps == 500_000
+    message = cli_error(capsys, ppo, ["--resume", str(finished_run), "--total-timesteps", "500000"])
+    assert "total_timesteps=500000 (the run has 1024)" in message
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda text: text[: len(text) // 2], "is not valid JSON"),
+    (lambda text: text.replace('"hparams": {', '"hparams": {"lr_typo": 1.0, ', 1), "unknown keys ['lr_typo']"),
+])
+def test_a_damaged_config_json_is_a_clear_error_on_resume(finished_run, tmp_path, capsys, damage, expected):
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "config.json").write_text(damage((run_dir / "config.json").read_text()))
+    assert expected in cli_error(capsys, ppo, ["--resume", str(run_dir), "--no-progress"])
+
+
+# --------------------------------------------------------------------------- clean exits
+
+
+def test_sigterm_keeps_the_finished_chunks_exits_with_one_line_and_resume_completes(tmp_path):
+    run_dir = tmp_path / "stopped"
+    command = [sys.executable, "algorithms/ppo.py", "--total-timesteps", str(40 * 512), "--num-chunks", "40",
+               "--eval-episodes", "0", "--no-progress", "--run-dir", str(run_dir)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((run_dir / "checkpoints").glob("[0-9]*")) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: stopped after update" in err and "--resume" in err, err
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    updates = [int(r.split(",")[0]) for r in rows[1:]]
+    assert updates == list(range(1, len(updates) + 1))  # whole chunks, no gap, no duplicate
+    done = subprocess.run([sys.executable, "algorithms/ppo.py", "--resume", str(run_dir), "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    updates = [int(r.split(",")[0]) for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert updates == list(range(1, 41))
+
+
+def test_an_n_step_longer_than_the_buffer_is_refused_and_a_long_one_traces_in_constant_time():
+    """`--n-step 100000` used to unroll a Python loop of n steps at trace time (over 120 s of silence)."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlzoo.returns import n_step_window
+
+    with pytest.raises(ConfigError, match=r"n_step=100000 is not allowed: must be <= the buffer's rows per env \(1000"):
+        dqn.Config(n_step=100_000)
+    n = 5_000
+    start = time.perf_counter()
+    jaxpr = jax.make_jaxpr(n_step_window)(jnp.ones((n, 4)), jnp.zeros((n, 4), bool), jnp.ones((n, 4), bool), 0.99)
+    assert time.perf_counter() - start < 5.0 and len(jaxpr.eqns) < 50
+
+
+def test_infinite_hyperparameters_and_seeds_beyond_32_bits_are_refused_naming_the_field(capsys):
+    from rlzoo.trainer import check_hparams
+
+    with pytest.raises(ConfigError, match=r"lr=inf is not allowed"):
+        check_hparams(ppo.HParams(lr=float("inf")))
+    assert "seed=100000000000000000000000 is not allowed: must fit in 32 bits" in cli_error(
+        capsys, ppo, ["--seed", str(10**23), *TINY])
