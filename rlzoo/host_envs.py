@@ -91,8 +91,9 @@ def _step_envs(to_action: Callable[[np.ndarray], Any], obs_shape: tuple[int, ...
     obs, final, rewards, terminated, truncated, next_ticks = [], [], [], [], [], []
     for handle, tick, action in zip(handles.reshape(-1), ticks.reshape(-1), flat_actions):
         if handle < 0:
-            obs.append(parked), final.append(parked), rewards.append(0.0), terminated.append(False)
-            truncated.append(False), next_ticks.append(tick)
+            for column, value in ((obs, parked), (final, parked), (rewards, 0.0), (terminated, False),
+                                  (truncated, False), (next_ticks, tick)):
+                column.append(value)
             continue
         with _POOL_LOCK:
             opened = _POOL.get(int(handle))

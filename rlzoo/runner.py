@@ -546,6 +546,7 @@ def stop_gracefully_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _STOP_REQUESTED.clear()  # a later run in this process (a script's, a test's) starts afresh
 
 
 def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable[[Any], Trainer],
