@@ -22,10 +22,13 @@ demo: install
 
 # One pytest worker per core (2 on CI); a test file stays on one worker so that its
 # module fixtures (trained agents shared by several tests) are built once.
+# --max-worker-restart 0: a worker that dies (a native crash, the OOM killer) ends the session with a report
+# naming its test. Replacing it instead left xdist's loadfile scheduler waiting forever on 2026-12-08
+# (docs/testing.md).
 PYTEST_WORKERS ?= auto
 
 test: install
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart 0
 
 # Speed benchmark: ours vs raw env stepping vs peers (peers in their own venv, see benchmarks/README.md).
 .venv-peer/bin/python: benchmarks/requirements-peer.txt
