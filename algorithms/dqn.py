@@ -59,13 +59,13 @@ class Config(ReplayConfig):
 
     def __post_init__(self):
         check(self.n_step >= 1, "n_step", self.n_step, "must be >= 1")
-        check(self.n_step <= self.buffer_size // max(self.num_envs, 1), "n_step", self.n_step,
-              f"must be <= the buffer's rows per env ({self.buffer_size // max(self.num_envs, 1)} = buffer_size "
-              f"// num_envs): a return cannot reach further back than the buffer holds")
         check(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
         check(self.v_min < self.v_max, "v_min", self.v_min, f"must be < v_max ({self.v_max})")
         check(self.num_atoms >= 2, "num_atoms", self.num_atoms, "must be >= 2")
         super().__post_init__()
+        check(self.n_step <= self.buffer_size // self.num_envs, "n_step", self.n_step,
+              f"must be <= the buffer's rows per env ({self.buffer_size // self.num_envs} = buffer_size // "
+              f"num_envs): a return cannot reach further back than the buffer holds")
 
     @property
     def distributional(self) -> bool:
