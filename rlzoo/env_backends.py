@@ -285,11 +285,16 @@ def backend_of(env_id: str) -> str | None:
     return prefix if "/" in env_id and prefix in BACKENDS else None
 
 
+def import_or_explain(module: str, env_id: str, extra: str) -> Any:
+    """Imports `module` for `env_id`, or raises a clear error naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(f"env_id {env_id!r} needs the {module} package, which is not installed ({error}); "
+                          f"install it with: pip install 'rlzoo[{extra}]'") from None
+
+
 def require_package(env_id: str) -> None:
     """A clear error naming the extra to install when the package of `env_id` is not installed."""
     name = backend_of(env_id)
-    try:
-        importlib.import_module(BACKENDS[name].module or name)
-    except ImportError as error:
-        raise ConfigError(f"env_id {env_id!r} needs the {name} package, which is not installed ({error}); "
-                          f"install it with: pip install 'rlzoo[{name}]'") from None
+    import_or_explain(BACKENDS[name].module or name, env_id, name)

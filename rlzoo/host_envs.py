@@ -23,7 +23,6 @@ envs). `benchmarks/README.md` ("Host environments") gives steps/s beside the sam
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import threading
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlzoo.env_backends import import_or_explain
 from rlzoo.trainer import ConfigError
 
 HOST_PREFIXES = ("gymnasium/", "atari/")
@@ -183,14 +183,6 @@ class HostEnv:
 # --------------------------------------------------------------------------- building one from an id
 
 
-def _require(module: str, env_id: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ConfigError(f"env_id {env_id!r} needs the {module} package, which is not installed ({error}); "
-                          f"install it with: pip install 'rlzoo[{extra}]'") from None
-
-
 def _atari_games() -> list[str]:
     import ale_py
 
@@ -209,8 +201,8 @@ def _registry(ale_py: Any = None) -> list[str]:
 def _atari_factory(env_id: str, game: str, max_episode_steps: int | None) -> Callable[[], Any]:
     import gymnasium
 
-    ale_py = _require("ale_py", env_id, "atari")
-    _require("cv2", env_id, "atari")
+    ale_py = import_or_explain("ale_py", env_id, "atari")
+    import_or_explain("cv2", env_id, "atari")
     games = _atari_games()
     if game not in games:
         from rlzoo.env_adapter import _did_you_mean
@@ -234,7 +226,7 @@ def _atari_factory(env_id: str, game: str, max_episode_steps: int | None) -> Cal
 def _gymnasium_factory(env_id: str, name: str, max_episode_steps: int | None) -> Callable[[], Any]:
     import gymnasium
 
-    ale_py = _require("ale_py", env_id, "atari") if name.startswith("ALE/") else None
+    ale_py = import_or_explain("ale_py", env_id, "atari") if name.startswith("ALE/") else None
     known = _registry(ale_py)
     if name not in known:
         from rlzoo.env_adapter import _did_you_mean
@@ -292,7 +284,6 @@ def _channels_last(frames: Any) -> np.ndarray:
 
 def make_host_env(env_id: str, max_episode_steps: int | None = None) -> HostEnv:
     """A `gymnasium/<id>` or `atari/<Game>` env (see the module docstring)."""
-    _require("gymnasium", env_id, "atari")
     if env_id.startswith("atari/"):
         make, observe = _atari_factory(env_id, env_id[len("atari/"):], max_episode_steps), _channels_last
     else:

@@ -178,14 +178,16 @@ def test_unknown_ids_suggest_close_matches():
 
 
 def test_a_missing_atari_package_names_the_extra(monkeypatch):
-    real = host_envs.importlib.import_module
+    from rlzoo import env_backends
+
+    real = env_backends.importlib.import_module
 
     def no_ale(name):
         if name == "ale_py":
             raise ImportError("No module named 'ale_py'")
         return real(name)
 
-    monkeypatch.setattr(host_envs.importlib, "import_module", no_ale)
+    monkeypatch.setattr(env_backends.importlib, "import_module", no_ale)
     with pytest.raises(ConfigError, match=r"pip install 'rlzoo\[atari\]'"):
         make_env("atari/Breakout")
 
