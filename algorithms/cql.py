@@ -216,7 +216,7 @@ def make_train(config: Config, data: OfflineData | None = None) -> Trainer:
         critic_params = optax.apply_updates(learner.critic_params, updates)
         gap = critic_stats.pop("gap_per_critic")
         log_alpha_prime_grad = (jax.grad(alpha_prime_loss)(learner.log_alpha_prime, gap) if config.lagrange
-                                else jnp.zeros(()))
+                                else jnp.zeros_like(learner.log_alpha_prime))
         log_alphas = (learner.log_alpha, learner.log_alpha_prime)
         updates, alpha_opt_state = optax.adam(hp.alpha_lr).update((log_alpha_grad, log_alpha_prime_grad),
                                                                   learner.alpha_opt_state)

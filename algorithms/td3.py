@@ -141,7 +141,7 @@ def make_train(config: Config) -> Trainer:
                 actor_params=actor_params, actor_opt_state=actor_opt_state,
                 target_actor_params=polyak(learner.target_actor_params, actor_params, hp.tau),
                 target_critic_params=polyak(learner.target_critic_params, critic_params, hp.tau),
-                actor_loss=pi_loss)
+                actor_loss=pi_loss.astype(learner.actor_loss.dtype))  # float32 also under JAX_ENABLE_X64
 
         gradient_steps = learner.gradient_steps + 1
         learner = learner._replace(critic_params=critic_params, critic_opt_state=critic_opt_state,

@@ -10,7 +10,10 @@ Not here: anything that learns (`rlzoo.algorithms`) or combines algorithms
 (`rlzoo.experiments`).
 """
 
+import rlzoo
 from rlzoo import env_adapter
+
+rlzoo.require_usable_backend()  # before gymnax starts JAX's backend: a clear line for a JAX_PLATFORMS it cannot use
 from rlzoo.envs.memory import registry as memory_registry
 from rlzoo.envs.probes import registry as probe_registry
 from rlzoo.envs.random_walk import RandomWalk

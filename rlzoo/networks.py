@@ -54,6 +54,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = x.astype(jnp.float32)  # float64 observations under JAX_ENABLE_X64 would turn BatchNorm's statistics float64
         for size in self.hidden_sizes:
             x = ACTIVATIONS[self.activation](normalization(self.norm, train)(orthogonal_dense(size)(x)))
         return x

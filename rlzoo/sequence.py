@@ -204,7 +204,8 @@ class S5SSM(nn.Module):
         # The barrier keeps XLA from fusing exp(Λ Δ) into every element of the scan (a large slowdown on CPU).
         lam_bar, b_bar = jax.lax.optimization_barrier(self.discretized())
         both = u @ jnp.concatenate([b_bar.real, b_bar.imag]).T  # B̄ u for real u: [Re, Im] in one product
-        bu = jax.lax.complex(*jnp.split(both, 2, axis=-1))
+        # The state keeps the carry's dtype (complex64) also under JAX_ENABLE_X64, where inputs may be float64.
+        lam_bar, bu = lam_bar.astype(carry.dtype), jax.lax.complex(*jnp.split(both, 2, axis=-1)).astype(carry.dtype)
         if u.ndim == carry.ndim:  # one step: [B, H]
             states = lam_bar * carry * (1 - reset[:, None]) + bu
             return states, self.output(states, u)
