@@ -16,7 +16,10 @@ Not here: deciding when to save (see `rlzoo.runner`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +90,60 @@ def differing_fields(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix.rstrip('.')}: checkpoint has {saved!r}, this run has {current!r}"]
 
 
+def is_event_loop_noise(unraisable: Any) -> bool:
+    """What tensorstore reports when reads of a damaged checkpoint complete after orbax's event loop closed: one
+    unraisable `RuntimeError('Event loop is closed')` per pending read, from its own threads, shortly after the
+    failed restore (without a hook, one traceback each on stderr)."""
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def without_event_loop_noise(settle: Callable[[], bool]) -> Iterator[None]:
+    """Drops `is_event_loop_noise` meanwhile (other unraisable errors go to the previous hook). When `settle()`
+    is true at the end (a restore failed), first waits until the late ones have stopped (0.2 s without one, at
+    most 2 s)."""
+    previous, last_seen = sys.unraisablehook, [time.monotonic()]
+
+    def hook(unraisable: Any) -> None:
+        if is_event_loop_noise(unraisable):
+            last_seen[0] = time.monotonic()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + 2.0
+        while settle() and time.monotonic() < deadline and time.monotonic() - last_seen[0] < 0.2:
+            time.sleep(0.05)
+        sys.unraisablehook = previous
+
+
 def restore_latest(manager: ocp.CheckpointManager, like: Any, written_under: dict[str, Any]) -> tuple[int, Any]:
     """Restores the newest readable checkpoint into the structure, shapes and shardings of `like`.
 
     Raises ConfigError naming the differing fields if the checkpoint was written
-    under another configuration, and CheckpointError if none can be read.
+    under another configuration, and CheckpointError if none can be read. Each
+    unreadable checkpoint is set aside with one line on stderr (no tracebacks).
     """
+    set_aside: list[str] = []
+    try:
+        with without_event_loop_noise(settle=lambda: bool(set_aside)):
+            return _restore_newest_readable(manager, like, written_under, set_aside)
+    finally:
+        for note in set_aside:
+            print(note, file=sys.stderr)
+
+
+def _restore_newest_readable(manager: ocp.CheckpointManager, like: Any, written_under: dict[str, Any],
+                             set_aside: list[str]) -> tuple[int, Any]:
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             saved = manager.restore(step, args=ocp.args.Composite(written_under=ocp.args.JsonRestore()))
             differences = differing_fields(saved.written_under, written_under)
         except Exception as error:  # noqa: BLE001 - any unreadable metadata means a damaged checkpoint
-            _set_aside(manager, step, error)
+            set_aside.append(_set_aside(manager, step, error))
             continue
         if differences:
             raise ConfigError(f"checkpoint {step} in {manager.directory} was written under a different "
@@ -107,13 +152,14 @@ def restore_latest(manager: ocp.CheckpointManager, like: Any, written_under: dic
             restored = manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(without_empty_arrays(like))))
         except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise several types for bad files
-            _set_aside(manager, step, error)
+            set_aside.append(_set_aside(manager, step, error))
             continue
         return step, with_empty_arrays(restored.state, like)
     raise CheckpointError(f"no readable checkpoint in {manager.directory}")
 
 
-def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
+def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> str:
+    """Moves an unreadable checkpoint to corrupt-<step> (corrupt-<step>-2, ... if set aside before); says so."""
     directory = Path(manager.directory)
     target = directory / f"corrupt-{step}"
     copies = 1
@@ -123,5 +169,5 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> N
     (directory / str(step)).rename(target)
     manager.reload()
     reason = str(error).splitlines()[0][:200]
-    print(f"error: checkpoint {step} cannot be read ({type(error).__name__}: {reason}); "
-          f"moved it to {target} and trying the one before it", file=sys.stderr)
+    return (f"error: checkpoint {step} cannot be read ({type(error).__name__}: {reason}); moved it to {target} "
+            f"and trying the one before it")

@@ -224,6 +224,9 @@ def _resolve(path: str | Path) -> Path:
     """A file, a Minari dataset folder, or a Minari dataset id under $MINARI_DATASETS_PATH."""
     path = Path(path)
     if path.exists():
+        if not (path.is_file() or path.is_dir()):  # reading a FIFO or a device would wait forever or never end
+            raise DatasetError(f"{path}: not a regular file or a folder (a FIFO, socket or device); a dataset is an "
+                               f"HDF5 file or a Minari dataset folder")
         return path
     candidate = minari_root() / path
     if candidate.is_dir():

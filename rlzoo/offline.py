@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlzoo import datasets
 from rlzoo.trainer import ConfigError, Trainer, check
@@ -87,7 +88,10 @@ def dataset_env_id(path: str) -> str:
 
 def load_offline_data(path: str, env_id: str = "", normalize_obs: bool = False) -> OfflineData:
     """Loads a dataset and makes its evaluation env (`env_id`, else the metadata's; 'none': no evaluation)."""
-    dataset, metadata = datasets.load(path, normalize_obs=normalize_obs)
+    try:
+        dataset, metadata = datasets.load(path, normalize_obs=normalize_obs)
+    except datasets.DatasetError as error:
+        raise datasets.DatasetError(f"dataset={path!r} cannot be used: {error}") from None
     env_id = env_id or metadata.get("env_id", "")
     env = None
     if env_id and env_id != "none":
@@ -100,7 +104,35 @@ def load_offline_data(path: str, env_id: str = "", normalize_obs: bool = False) 
     if dataset.actions.ndim != 2:
         raise ConfigError(f"dataset={path!r} is not allowed: these offline algorithms need continuous actions [N, A]; "
                           f"its actions have shape {dataset.actions.shape}")
+    if env is not None:
+        check_actions_within_bounds(path, np.asarray(dataset.actions), env)
     return OfflineData(dataset, metadata, env, datasets.obs_stats(metadata))
+
+
+ACTION_BOUND_SLACK = 0.01
+"""Dataset actions may stray beyond the env's bounds by this fraction of the bounds' width (float rounding,
+clipping done in another precision); further out they were not taken in that env."""
+
+
+def check_actions_within_bounds(path: str, actions: np.ndarray, env: Env) -> None:
+    """Refuses a dataset whose actions lie outside the evaluation env's action bounds: the policy (squashed
+    into those bounds) could never reproduce them, so the data belong to another env or another scaling."""
+    low, high = env.spec.action_low, env.spec.action_high
+    if low is None or high is None:
+        return
+    slack = ACTION_BOUND_SLACK * (np.asarray(high) - np.asarray(low))
+    if np.any(actions < low - slack) or np.any(actions > high + slack):
+        raise ConfigError(f"dataset={path!r} is not allowed with env_id={env.spec.env_id!r}: its actions span "
+                          f"[{actions.min():.4g}, {actions.max():.4g}], outside the env's action bounds "
+                          f"[{np.min(low):.4g}, {np.max(high):.4g}]; allowed: actions within the bounds (rescale "
+                          f"them), or the env the data came from (--env-id)")
+
+
+def check_batch_fits_dataset(config: "OfflineConfig", data: OfflineData) -> None:
+    """A minibatch larger than the dataset would repeat transitions in every batch: a setting, not data."""
+    size = int(data.dataset.rewards.shape[0])
+    check(config.batch_size <= size, "batch_size", config.batch_size,
+          f"must be <= the dataset's {size} transitions ({config.dataset})")
 
 
 # --------------------------------------------------------------------------- config
@@ -153,6 +185,7 @@ class OfflineState(NamedTuple):
 def make_trainer(config: OfflineConfig, data: OfflineData, init_learner: Callable, learn: Callable,
                  policy: Callable) -> Trainer:
     """A `Trainer` whose update is `steps_per_update` gradient steps and one evaluation (module docstring)."""
+    check_batch_fits_dataset(config, data)
     total_updates, steps_per_update = config.total_updates, config.steps_per_update
     batch_size, eval_episodes = config.batch_size, config.episodes_per_eval
     num_updates = total_updates // steps_per_update

@@ -195,6 +195,19 @@ class WandbSink(MetricSink):
             self.run = None
 
 
+def requested_backends(names: str | Sequence[str]) -> list[str]:
+    """The backends `--log` names, in order, each checked known and installed (the run harness calls this before
+    it creates the run folder, so a bad `--log` leaves nothing behind)."""
+    entries = [names] if isinstance(names, str) else list(names)
+    requested = list(dict.fromkeys(part.strip() for entry in entries for part in entry.split(",") if part.strip()))
+    for name in requested:
+        if name not in BACKENDS:
+            raise ConfigError(f"log={name!r} is not allowed: choose from {', '.join(BACKENDS)}")
+    for name in requested:
+        _require(name)
+    return requested
+
+
 def make_sinks(names: Sequence[str], run_dir: Path, run_name: str, labels: Sequence[str], num_seeds: int,
                config: Mapping[str, Any], wandb_project: str = "rlzoo", wandb_mode: str | None = None,
                purge_step: int | None = None) -> list[MetricSink]:
@@ -205,13 +218,7 @@ def make_sinks(names: Sequence[str], run_dir: Path, run_name: str, labels: Seque
     before any sink is made, so a bad `--log` leaves nothing behind. `wandb_mode` (else
     `$WANDB_MODE`) goes to `WandbSink`, `purge_step` (for a resumed run) to `TensorBoardSink`.
     """
-    entries = [names] if isinstance(names, str) else list(names)
-    requested = list(dict.fromkeys(part.strip() for entry in entries for part in entry.split(",") if part.strip()))
-    for name in requested:
-        if name not in BACKENDS:
-            raise ConfigError(f"--log={name!r} is not allowed: choose from {', '.join(BACKENDS)}")
-    for name in requested:
-        _require(name)
+    requested = requested_backends(names)
     run_dir = Path(run_dir)
     made: dict[str, MetricSink] = {}
     try:  # wandb first: it is the one that can still fail (no login), and TensorBoard then leaves no folder

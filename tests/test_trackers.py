@@ -223,7 +223,7 @@ def test_wandb_login_failure_is_a_config_error(tmp_path, wandb_offline, monkeypa
 
 
 def test_unknown_backend_names_the_flag_and_the_choices(tmp_path):
-    with pytest.raises(ConfigError, match=r"--log='mlflow' is not allowed: choose from tensorboard, wandb"):
+    with pytest.raises(ConfigError, match=r"log='mlflow' is not allowed: choose from tensorboard, wandb"):
         make_sinks(["tensorboard", "mlflow"], tmp_path, "run", ["default"], 1, {})
     assert list(tmp_path.iterdir()) == []
     assert make_sinks([], tmp_path, "run", ["default"], 1, {}) == []
