@@ -38,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo import checkpoint, presets
+from rlzoo import checkpoint, footprint, presets
 from rlzoo.compile_cache import CacheUse, enable_compile_cache
-from rlzoo.trackers import make_sinks, run_name
+from rlzoo.trackers import make_sinks, requested_backends, run_name
+from rlzoo.watchdog import Watchdog
 from rlzoo.trainer import ConfigError, Trainer, check, check_hparams
 from rlzoo.evaluate import evaluate_policy_of
 from rlzoo.logging import MetricsCSV, ProgressBar, plot_learning_curves, results_table
@@ -50,7 +51,7 @@ CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, EVAL_FILE, PLOT_FILE, CHECKPOINT_DIR, B
     "config.json", "summary.json", "metrics.csv", "eval.csv", "learning_curve.png", "checkpoints", "best")
 
 
-HOST_ONLY_OPTIONS = ("progress", "compile_cache")
+HOST_ONLY_OPTIONS = ("progress", "compile_cache", "hang_factor")
 """RunOptions that cannot change a run's numbers: on --resume they come from the command line, not config.json."""
 
 
@@ -84,6 +85,9 @@ class RunOptions:
     """Weights & Biases project, with --log wandb (WANDB_MODE=offline works without an account)."""
     compile_cache: bool = True
     """Keep compiled programs in a persistent cache (~/.cache/rlzoo/jax; RLZOO_COMPILE_CACHE=0 also turns it off)."""
+    hang_factor: float = 20.0
+    """A chunk that runs this many times longer than the slowest before it (and >= 2 minutes) is a hang: its
+    stacks go to the run folder and the run exits with code 3 (rlzoo/watchdog.py). 0 turns the watchdog off."""
     preset: str | None = None
     """Preset of Config and HParams values (docs/presets.md): a name, or 'none' for the plain defaults. Default:
     the algorithm's preset for --env-id, if it has one. Flags given on the command line override it."""
@@ -94,6 +98,8 @@ class RunOptions:
         check(self.num_chunks >= 1, "num_chunks", self.num_chunks, "must be >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         check(self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, "must be >= 0")
+        check(self.hang_factor == 0 or self.hang_factor >= 2, "hang_factor", self.hang_factor,
+              "must be 0 (no watchdog) or >= 2")
 
 
 def plan_chunks(num_updates: int, target_chunks: int) -> list[int]:
@@ -259,11 +265,13 @@ def check_folder_belongs_to_this_run(run_dir: Path, options: RunOptions) -> None
                           f"run; allowed: an empty or new --run-dir (move or delete {checkpoints} first)")
 
 
-def warn_if_budget_is_cut(config: Any, trainer: Trainer) -> None:
-    """Says loudly when total_timesteps is not a whole number of updates, so fewer steps are trained."""
+def warn_if_budget_is_cut(config: Any, trainer: Trainer, origin: str = "flag") -> None:
+    """Says loudly when total_timesteps is not a whole number of updates, so fewer steps are trained. Not for a
+    budget that a preset or the defaults set (`origin`): PureJaxRL's CartPole 5e5 steps, for one, are 976 updates
+    of 512 steps there too."""
     asked = getattr(config, "total_timesteps", None)
     trained = trainer.num_updates * trainer.env_steps_per_update
-    if asked is not None and trained != asked:
+    if asked is not None and trained != asked and origin == "flag":
         step = trainer.env_steps_per_update
         lower, higher = trained, trained + step
         print(f"warning: total_timesteps={asked} is not a multiple of the {step} env steps of one update, so "
@@ -282,7 +290,12 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
         raise ConfigError(f"resume={options.resume!r}: env_id {config.env_id!r} steps on the host (rlzoo.host_envs), "
                           f"whose state a checkpoint cannot hold; allowed: --resume with JAX envs only, or start "
                           f"a new run (the checkpoints still hold the agent)")
-    warn_if_budget_is_cut(config, trainer)
+    requested_backends(options.log)
+    warn_if_budget_is_cut(config, trainer, (provenance or {}).get("origins", {}).get("total_timesteps", "flag"))
+    keys, member_hparams = expand_members(seed_keys(options.seed, options.num_seeds), grid.hparams)
+    sharding = member_sharding(keys.shape[0])
+    footprint.check_run_fits(trainer, keys, member_hparams, options.eval_episodes,
+                             1 if sharding is None else len(sharding.mesh.devices.flat), dataclasses.asdict(config))
     run_dir = Path(options.run_dir or default_run_dir(config.env_id, algo, options.seed))
     make_run_folder(run_dir)
     with run_folder_lock(run_dir):
@@ -370,8 +383,10 @@ def _train_in_folder(algo: str, trainer: Trainer, config: Any, hparams: Any, opt
         last_metrics = {k: v[:, -1] for k, v in metrics.items()}
         bar.update(int(metrics["env_steps"][0, -1]), steps_this_session / (run_s + time.perf_counter() - loop_start),
                    mean_of_finished(last_metrics["episode_return"]))
+        watchdog.beat()
 
     loop_start = time.perf_counter()
+    watchdog = Watchdog(run_dir, options.hang_factor).start()
     try:
         # JAX dispatches asynchronously: chunk k+1 (and its evaluation) is queued before chunk k's outputs are
         # written, so writing overlaps computing. run_s is the loop's wall time, outputs included.
@@ -397,6 +412,7 @@ def _train_in_folder(algo: str, trainer: Trainer, config: Any, hparams: Any, opt
             done, pending = pending, None
             write_chunk_outputs(*done)
     finally:
+        watchdog.stop()
         bar.close()
         for sink in sinks:
             sink.close()
@@ -582,6 +598,8 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
                                   f"run stays in its own folder; allowed: --resume alone")
             options = dataclasses.replace(options, **{name: getattr(given[2], name) for name in HOST_ONLY_OPTIONS})
             check_resume_flags(given, defaults, (config, hparams, options), flags_given(argv))
+            saved = json.loads((Path(options.resume) / CONFIG_FILE).read_text())
+            provenance = {key: saved[key] for key in ("preset", "origins") if key in saved}
         enable_compile_cache(options.compile_cache)
         with stop_gracefully_on_signals():
             return run_experiment(algo, make_train, config, hparams, options, provenance)
@@ -590,6 +608,13 @@ def run_cli(algo: str, config_cls: type, hparams_cls: type, make_train: Callable
         raise SystemExit(2) from None
     except (TrainingDiverged, checkpoint.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        print(f"error: out of memory on {jax.local_devices()[0].platform} ({str(error).splitlines()[0][:200]}); "
+              f"the checkpoints written so far are kept; allowed: fewer members (num_seeds, --sweep), a smaller "
+              f"num_envs, buffer_size or eval_episodes, or a machine with more memory", file=sys.stderr)
         raise SystemExit(1) from None
     except RunInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)

@@ -148,17 +148,19 @@ def test_resume_drops_a_metrics_row_cut_off_mid_write(tmp_path):
     assert path.read_bytes() == b"update,env_steps,config,seed,loss\r\n1,4,default,0,0.5\r\n"
 
 
-def test_the_same_checkpoint_step_corrupted_twice_is_set_aside_twice(tmp_path, capsys):
+def test_the_same_checkpoint_step_corrupted_twice_is_set_aside_twice(tmp_path):
     import jax.numpy as jnp
 
     manager = checkpoint.checkpoint_manager(tmp_path / "checkpoints")
     state = {"w": jnp.arange(3.0)}
+    notes = []
     for _ in range(2):
         checkpoint.save(manager, 5, state, {"run": 1})
         manager.wait_until_finished()
-        checkpoint._set_aside(manager, 5, ValueError("damaged"))
+        notes.append(checkpoint._set_aside(manager, 5, ValueError("damaged")))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["corrupt-5", "corrupt-5-2"]
-    assert capsys.readouterr().err.count("error: checkpoint 5 cannot be read") == 2
+    assert [note.startswith("error: checkpoint 5 cannot be read") for note in notes] == [True, True]
+    assert notes[1].endswith(f"moved it to {tmp_path / 'checkpoints' / 'corrupt-5-2'} and trying the one before it")
 
 
 def test_resume_refuses_another_run_dir_and_explicit_flags_that_contradict_even_at_their_defaults(
@@ -229,3 +231,140 @@ def test_infinite_hyperparameters_and_seeds_beyond_32_bits_are_refused_naming_th
         check_hparams(ppo.HParams(lr=float("inf")))
     assert "seed=100000000000000000000000 is not allowed: must fit in 32 bits" in cli_error(
         capsys, ppo, ["--seed", str(10**23), *TINY])
+
+
+# --------------------------------------------------------------------------- faults, processes and the environment
+
+
+def test_two_processes_racing_on_one_folder_one_is_refused_and_no_row_is_lost_or_doubled(tmp_path):
+    run_dir = tmp_path / "raced"
+    command = [sys.executable, "algorithms/ppo.py", "--total-timesteps", str(40 * 512), "--num-chunks", "40",
+               "--eval-episodes", "0", "--no-progress", "--run-dir", str(run_dir)]
+    racers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    results = [(racer.wait(timeout=300), racer.communicate()[1]) for racer in racers]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refusal = next(err for code, err in results if code == 2)
+    assert "Traceback" not in refusal and ("is in use by pid" in refusal or "already holds a run" in refusal), refusal
+    updates = [int(row.split(",")[0]) for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert updates == list(range(1, 41))
+
+
+def test_a_corrupted_newest_checkpoint_costs_one_line_and_resume_completes_the_run(finished_run, tmp_path, capsys):
+    """The fallback once flooded stderr with tensorstore's `Event loop is closed` tracebacks (one per pending
+    read of the damaged checkpoint)."""
+    run_dir = tmp_path / "corrupted"
+    shutil.copytree(finished_run, run_dir)
+    for manifest in (run_dir / "checkpoints" / "2").rglob("manifest.ocdbt"):
+        manifest.write_text("garbage")
+    rows_before = (run_dir / "metrics.csv").read_text()
+    run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=["--resume", str(run_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        line for line in err.splitlines() if line.startswith("error: checkpoint 2 cannot be read")], err
+    assert len(err.splitlines()) == 1 and (run_dir / "checkpoints" / "corrupt-2").is_dir()
+    assert (run_dir / "metrics.csv").read_text() == rows_before  # update 2's row, dropped and written again
+
+
+def test_out_of_memory_during_a_run_is_one_line_and_exit_code_1(monkeypatch, tmp_path, capsys):
+    import jax
+
+    from rlzoo import runner
+
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1600000000000 bytes.")
+
+    monkeypatch.setattr(runner, "run_experiment", exhausted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=[*TINY, "--run-dir", str(tmp_path / "oom")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith("error: out of memory on cpu (RESOURCE_EXHAUSTED")
+    assert "num_envs" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine may have a usable GPU")
+def test_jax_platforms_naming_a_backend_this_machine_lacks_is_one_clear_line():
+    done = subprocess.run([sys.executable, "algorithms/ppo.py", "--env-id", "CartPole-v1"], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cuda"}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: JAX_PLATFORMS='cuda': JAX cannot start that backend") and (
+        "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1), done.stderr
+
+
+def test_jax_enable_x64_runs_td3_and_batch_norm_pqn_in_float32():
+    """Under JAX_ENABLE_X64 float64 observations and hyperparameters once broke TD3's `cond` (branches of two
+    dtypes), BatchNorm's running statistics and S5's complex carry in `scan`, and CQL's Adam state. All 22 golden
+    configurations were run under X64 by hand (2026-12-08); the two cheapest of the failing kinds run here."""
+    script = textwrap.dedent("""
+        import sys, tempfile, json
+        from pathlib import Path
+        import jax, numpy as np
+        assert jax.config.jax_enable_x64
+        sys.path.insert(0, ".")
+        from tests.test_golden import run_case
+        out = {name: run_case(name, Path(tempfile.mkdtemp())) for name in ("td3", "pqn_batch_norm")}
+        print(json.dumps({name: all(np.isfinite(v).all() for k, v in r["metrics"].items() if not k.startswith("episode_"))
+                          for name, r in out.items()}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_ENABLE_X64": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"td3": True, "pqn_batch_norm": True}
+
+
+def test_the_watchdog_dumps_the_stacks_of_a_hung_chunk_into_the_run_folder_and_exits_3(tmp_path):
+    """A real run whose env blocks forever in its 5th update (a gymnasium env stepped through a host callback,
+    standing in for an XLA deadlock): the run's watchdog, with its floor lowered from 120 s to 1 s, must stop it."""
+    run_dir = tmp_path / "hung"
+    script = textwrap.dedent(f"""
+        import functools, time
+        import gymnasium
+        from gymnasium.envs.classic_control import CartPoleEnv
+        from rlzoo import runner, watchdog
+        from rlzoo.algorithms import ppo
+
+        class StuckCartPole(CartPoleEnv):
+            steps = 0
+            def step(self, action):
+                StuckCartPole.steps += 1
+                if StuckCartPole.steps > 4 * 128 * 4:  # the 5th update of 4 envs x 128 steps
+                    stuck_in_a_blocking_call()
+                return super().step(action)
+
+        def stuck_in_a_blocking_call():
+            time.sleep(600)
+
+        gymnasium.register("StuckCartPole-v0", entry_point=StuckCartPole, max_episode_steps=500)
+        runner.Watchdog = functools.partial(watchdog.Watchdog, floor_s=1.0)
+        runner.run_cli("ppo", ppo.Config, ppo.HParams, ppo.make_train, args=[
+            "--env-id", "gymnasium/StuckCartPole-v0", "--num-envs", "4", "--num-steps", "128", "--total-timesteps",
+            str(20 * 512), "--num-chunks", "20", "--eval-episodes", "0", "--no-progress", "--hang-factor", "2",
+            "--run-dir", {str(run_dir)!r}])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-3000:]
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: no chunk finished for") and "the run looks hung" in message, done.stderr[-3000:]
+    (dump,) = run_dir.glob("hang-*.txt")
+    assert "stuck_in_a_blocking_call" in dump.read_text() and str(dump) in message
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").glob("[0-9]*")) != []  # the chunks before it stay
+
+
+def test_the_watchdog_waits_for_a_first_chunk_and_scales_with_the_slowest():
+    from rlzoo.watchdog import Watchdog
+
+    dog = Watchdog(Path("."), factor=20.0, floor_s=120.0)
+    assert dog.limit_s() is None  # nothing to compare the first chunk with
+    dog.last_beat -= 10.0
+    dog.beat()
+    assert dog.limit_s() == pytest.approx(200.0, rel=1e-3)  # 20 x 10 s
+    assert Watchdog(Path("."), factor=20.0, floor_s=120.0).limit_s() is None
+
+
+def test_a_budget_set_by_a_preset_or_the_defaults_is_not_warned_about(capsys):
+    config = ppo.Config(total_timesteps=1023)
+    trainer = ppo.make_train(config)
+    warn_if_budget_is_cut(config, trainer, "preset")
+    warn_if_budget_is_cut(config, trainer, "default")
+    assert capsys.readouterr().err == ""
