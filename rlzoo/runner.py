@@ -85,8 +85,8 @@ class RunOptions:
     """Weights & Biases project, with --log wandb (WANDB_MODE=offline works without an account)."""
     compile_cache: bool = True
     """Keep compiled programs in a persistent cache (~/.cache/rlzoo/jax; RLZOO_COMPILE_CACHE=0 also turns it off)."""
-    hang_factor: float = 20.0
-    """A chunk that runs this many times longer than the slowest before it (and >= 2 minutes) is a hang: its
+    hang_factor: float = 50.0
+    """A chunk that runs this many times longer than the slowest before it (and >= 10 minutes) is a hang: its
     stacks go to the run folder and the run exits with code 3 (rlzoo/watchdog.py). 0 turns the watchdog off."""
     preset: str | None = None
     """Preset of Config and HParams values (docs/presets.md): a name, or 'none' for the plain defaults. Default:
@@ -309,16 +309,16 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                 "devices": [str(d) for d in jax.local_devices()],
                 **(provenance or {}),
             })
-        return _train_in_folder(algo, trainer, config, hparams, options, grid, run_dir)
+        keys, member_hparams = shard_members((keys, member_hparams), sharding)
+        return _train_in_folder(algo, trainer, config, hparams, options, grid, run_dir, keys, member_hparams,
+                                sharding)
 
 
 def _train_in_folder(algo: str, trainer: Trainer, config: Any, hparams: Any, options: RunOptions, grid: Any,
-                     run_dir: Path) -> dict[str, Any]:
-    """run_experiment's training, with the run folder made, locked and its config.json written."""
+                     run_dir: Path, keys: jax.Array, member_hparams: Any, sharding: Any) -> dict[str, Any]:
+    """run_experiment's training, with the run folder made, locked and its config.json written; `keys` and
+    `member_hparams` have the leading member axis, placed by `sharding` (None: one device)."""
     num_seeds, num_configs = options.num_seeds, len(grid.labels)
-    keys, member_hparams = expand_members(seed_keys(options.seed, num_seeds), grid.hparams)
-    sharding = member_sharding(keys.shape[0])
-    keys, member_hparams = shard_members((keys, member_hparams), sharding)
     chunks = plan_chunks(trainer.num_updates, options.num_chunks)
 
     compiles = CacheUse()  # time, cache hits and misses of this run's compiles

@@ -9,6 +9,10 @@ installed (py-spy, else gdb), the native stacks to `hang-<time>.txt` in the run
 folder, prints one line naming that file, and ends the process with exit code
 3. The checkpoints written so far stay, so `--resume` continues the run.
 
+The defaults (50x, at least 10 minutes) are wide on purpose: a deadlock lasts forever, so a late alarm costs
+little, while chunks differ honestly (a replay learner's chunks before `learning_starts` only act, and the
+first one that trains can be tens of times slower); a false alarm would kill a healthy run.
+
 Not here: what a chunk is (`rlzoo.runner`).
 """
 
@@ -57,7 +61,7 @@ def native_stacks(pid: int, timeout_s: int = 30) -> str:
 class Watchdog:
     """Watches the gaps between `beat()`s from a daemon thread (module docstring)."""
 
-    def __init__(self, run_dir: Path, factor: float = 20.0, floor_s: float = 120.0, poll_s: float = 1.0,
+    def __init__(self, run_dir: Path, factor: float = 50.0, floor_s: float = 600.0, poll_s: float = 1.0,
                  on_hang: Callable[[str], None] | None = None):
         self.run_dir, self.factor, self.floor_s, self.poll_s = Path(run_dir), factor, floor_s, poll_s
         self.on_hang = on_hang or self._exit
