@@ -108,7 +108,11 @@ def plan_chunks(num_updates: int, target_chunks: int) -> list[int]:
     Each distinct size is one compiled program, so at most two are used.
     """
     ideal = math.ceil(num_updates / min(target_chunks, num_updates))
-    divisor = next(d for d in range(ideal, num_updates + 1) if num_updates % d == 0)
+    # The smallest divisor >= ideal is num_updates // (the largest count of chunks <= target that divides it):
+    # at most target_chunks tries, however many updates.
+    count = next(k for k in range(min(target_chunks, num_updates), 0, -1)
+                 if num_updates % k == 0 and num_updates // k >= ideal)
+    divisor = num_updates // count
     if divisor <= 2 * ideal:
         return [divisor] * (num_updates // divisor)
     return [ideal] * (num_updates // ideal) + ([num_updates % ideal] if num_updates % ideal else [])
@@ -265,6 +269,17 @@ def check_folder_belongs_to_this_run(run_dir: Path, options: RunOptions) -> None
                           f"run; allowed: an empty or new --run-dir (move or delete {checkpoints} first)")
 
 
+INT32_MAX = 2**31 - 1
+
+
+def check_step_counts_fit_int32(config: Any, trainer: Trainer) -> None:
+    """The compiled programs count env steps (offline: gradient steps) in int32; a larger budget would wrap."""
+    total = trainer.num_updates * trainer.env_steps_per_update
+    field = "total_timesteps" if hasattr(config, "total_timesteps") else "total_updates"
+    check(total <= INT32_MAX, field, getattr(config, field, total),
+          f"must be <= {INT32_MAX:,} (2**31 - 1) steps per run: the program counts steps in int32")
+
+
 def warn_if_budget_is_cut(config: Any, trainer: Trainer, origin: str = "flag") -> None:
     """Says loudly when total_timesteps is not a whole number of updates, so fewer steps are trained. Not for a
     budget that a preset or the defaults set (`origin`): PureJaxRL's CartPole 5e5 steps, for one, are 976 updates
@@ -291,6 +306,7 @@ def run_experiment(algo: str, make_train: Callable[[Any], Trainer], config: Any,
                           f"whose state a checkpoint cannot hold; allowed: --resume with JAX envs only, or start "
                           f"a new run (the checkpoints still hold the agent)")
     requested_backends(options.log)
+    check_step_counts_fit_int32(config, trainer)
     warn_if_budget_is_cut(config, trainer, (provenance or {}).get("origins", {}).get("total_timesteps", "flag"))
     keys, member_hparams = expand_members(seed_keys(options.seed, options.num_seeds), grid.hparams)
     sharding = member_sharding(keys.shape[0])

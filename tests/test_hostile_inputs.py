@@ -23,6 +23,8 @@ CASES = [
     ("ppo", ["--num-envs", "0"], "num_envs"),
     ("ppo", ["--num-minibatches", "3"], "num_minibatches"),
     ("ppo", ["--total-timesteps", "0"], "total_timesteps"),
+    ("ppo", ["--total-timesteps", str(10**10)], "total_timesteps"),  # would wrap the int32 step counter
+    ("bc", ["--dataset", "DATA/fine.hdf5", "--total-updates", str(10**10)], "total_updates"),
     ("ppo", ["--hidden-sizes", "0"], "hidden_sizes"),
     ("ppo_s5", ["--state-size", "3"], "state_size"),
     ("dqn", ["--batch-size", "0"], "batch_size"),
@@ -92,11 +94,11 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def bad_data(tmp_path_factory) -> Path:
-    """A 5-transition Pendulum dataset, one whose actions are 1000x outside Pendulum's [-2, 2], a FIFO and a text
-    file."""
+    """A 5-transition Pendulum dataset, one whose actions are 1000x outside Pendulum's [-2, 2], a fine one, a FIFO
+    and a text file."""
     folder = tmp_path_factory.mktemp("bad_data")
     rng = np.random.default_rng(0)
-    for name, size, scale in (("five", 5, 1.0), ("wild_actions", 1000, 1000.0)):
+    for name, size, scale in (("five", 5, 1.0), ("wild_actions", 1000, 1000.0), ("fine", 1000, 1.0)):
         obs = rng.uniform(-1, 1, (size, 3)).astype(np.float32)
         datasets.save(folder / f"{name}.hdf5", {
             "observations": obs, "next_observations": np.roll(obs, -1, 0),

@@ -111,6 +111,7 @@ def test_a_run_folder_is_never_overwritten(sweep_run, capsys):
     (16, 4, [4] * 4),
     (97, 10, [10] * 9 + [7]),  # a prime: one remainder chunk
     (5, 20, [1] * 5),
+    (2**31 - 1, 20, [107374183] * 19 + [107374170]),  # a large prime: planned in at most 20 tries, not 2e9
 ])
 def test_chunk_plan_covers_every_update_with_at_most_two_sizes(num_updates, target, expected):
     chunks = plan_chunks(num_updates, target)
