@@ -351,7 +351,7 @@ def env_speed_jobs(num_envs: int, steps: int, host: bool = False) -> list[Job]:
 
 PRESET_SEEDS = 5
 # Presets whose full budget fits the CPU tier (5 seeds in a few minutes each); the others run in the GPU tier.
-CPU_PRESETS = ("ppo/cartpole", "dqn/acrobot", "sac/pendulum", "td3/pendulum")
+CPU_PRESETS = ("ppo/cartpole", "pqn/cartpole", "dqn/acrobot", "sac/pendulum", "td3/pendulum")
 
 
 def preset_jobs(labels: tuple[str, ...], episodes: int = 16) -> list[Job]:

@@ -80,6 +80,12 @@ PRESETS: tuple[Preset, ...] = (
             activation="relu", lr=5e-3, ent_coef=1e-4, clip_eps=0.2, max_grad_norm=0.5,
             benchmark_env_ids=MINATAR_BENCHMARK),
     # ----------------------------------------------------------------------------------------- PQN
+    _preset("pqn", "cartpole", ("CartPole-v1",), PUREJAXQL.format("pqn_cartpole"),
+            total_timesteps=500_000, num_envs=32, num_steps=64, num_epochs=4, num_minibatches=16,
+            hidden_sizes=(256, 256), norm="layer", anneal_lr=True, optimizer="radam", lr=1e-4, gamma=0.99,
+            lam=0.95, eps_start=1.0, eps_end=0.2, exploration_fraction=0.2, max_grad_norm=10.0, reward_scale=0.1,
+            adapted="the same as pqn.py's defaults; purejaxql bootstraps from nothing at a time-limit truncation, "
+                    "pqn.py from the true final observation"),
     _preset("pqn", "minatar", MINATAR, PUREJAXQL.format("pqn_minatar"),
             total_timesteps=10_000_000, num_envs=128, num_steps=32, num_epochs=2, num_minibatches=32,
             lr=5e-4, lam=0.65, eps_end=0.05, exploration_fraction=0.1, reward_scale=1.0,

@@ -35,12 +35,15 @@ def test_labels_are_unique_and_each_env_has_at_most_one_preset_per_algorithm():
             assert presets.preset_for_env(preset.algo, env_id) is preset
 
 
-def test_ppo_cartpole_preset_is_the_plain_default_configuration():
-    """PPO's defaults are PureJaxRL's CartPole configuration, so the preset changes no value there."""
-    from rlzoo.algorithms import ppo
+@pytest.mark.parametrize("algo", ["ppo", "pqn"])
+def test_the_cartpole_presets_are_the_plain_default_configurations(algo):
+    """PPO's defaults are PureJaxRL's CartPole configuration and PQN's purejaxql's, so the presets change no value
+    there."""
+    import importlib
 
-    config, hparams, provenance = apply_preset("ppo", ppo.Config(), ppo.HParams(), None, set())
-    assert (config, hparams) == (ppo.Config(), ppo.HParams()) and provenance["preset"] == "ppo/cartpole"
+    module = importlib.import_module(f"rlzoo.algorithms.{algo}")
+    config, hparams, provenance = apply_preset(algo, module.Config(), module.HParams(), None, set())
+    assert (config, hparams) == (module.Config(), module.HParams()) and provenance["preset"] == f"{algo}/cartpole"
 
 
 def test_flags_override_the_preset_and_each_value_says_where_it_came_from():
