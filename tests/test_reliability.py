@@ -342,7 +342,12 @@ def test_the_watchdog_dumps_the_stacks_of_a_hung_chunk_into_the_run_folder_and_e
             str(20 * 512), "--num-chunks", "20", "--eval-episodes", "0", "--no-progress", "--hang-factor", "2",
             "--run-dir", {str(run_dir)!r}])
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # PATH without gdb: attached to a JAX process it reads symbols for up to its 30 s limit (45 s of the suite).
+    # The venv's folder stays on PATH, so a venv with py-spy still dumps native stacks here.
+    path = os.pathsep.join([str(Path(sys.executable).parent), *(p for p in os.environ["PATH"].split(os.pathsep)
+                                                                   if not (Path(p) / "gdb").exists())])
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": path})
     assert done.returncode == 3, done.stderr[-3000:]
     message = done.stderr.strip().splitlines()[-1]
     assert message.startswith("error: no chunk finished for") and "the run looks hung" in message, done.stderr[-3000:]
