@@ -122,8 +122,10 @@ def check_run_fits(trainer: Trainer, keys: jax.Array, member_hparams: Any, eval_
         rest = total - field_bytes
         fitting = (f"; allowed: {name} <= {int(value * (available - rest) / field_bytes * 0.9):,} on this machine"
                    if isinstance(value, int) and available > rest * 1.2 else "")
+        subject = (f"{name}={value!r} is not allowed here" if value is not None else
+                   f"{members} member(s) (num_seeds x the --sweep grid) do not fit here")
         raise ConfigError(
-            f"{name}={value!r} is not allowed here: the training state of {members} member(s) needs "
+            f"{subject}: the training state of {members} member(s) needs "
             f"{human(total)}, more than the {human(available)} of memory available; {human(field_bytes)} of it "
             f"is sized by {field} (largest part: {parts[0].name}, {human(parts[0].bytes)}){fitting}")
     if eval_episodes > 0 and trainer.act is not None and trainer.eval_env is not None:

@@ -131,3 +131,25 @@ def test_bad_input_is_refused_naming_the_field_and_leaves_no_run_folder(algo, fl
 def test_the_table_covers_every_algorithm_file():
     algorithms = {path.stem for path in (Path(__file__).resolve().parent.parent / "algorithms").glob("*.py")}
     assert algorithms - {"__init__"} == {algo for algo, _, _ in CASES}
+
+
+def test_the_memory_check_names_the_field_that_sizes_the_largest_part_of_the_state():
+    """From shapes alone: DQN's state is mostly its replay buffer, PPO's (4 envs, small networks) its parameters
+    and optimiser state, which grow with the members."""
+    import jax
+
+    from rlzoo.algorithms import dqn, ppo
+    from rlzoo.footprint import check_run_fits
+    from rlzoo.sweep import expand_members, make_grid, seed_keys
+    from rlzoo.trainer import ConfigError
+
+    for module, config, expected in (
+            (dqn, dqn.Config(buffer_size=100_000, learning_starts=1_000), r"buffer_size=100000 is not allowed here"),
+            (ppo, ppo.Config(num_envs=4), r"4 member\(s\) \(num_seeds x the --sweep grid\) do not fit here")):
+        trainer = module.make_train(config)
+        keys, member_hparams = expand_members(seed_keys(0, 4), make_grid(module.HParams(), {}).hparams)
+        needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+            jax.eval_shape(trainer.init_members, keys, member_hparams, trainer.data)))
+        check_run_fits(trainer, keys, member_hparams, 0, values=vars(config), available=needed)  # fits exactly
+        with pytest.raises(ConfigError, match=expected):
+            check_run_fits(trainer, keys, member_hparams, 0, values=vars(config), available=needed - 1)
