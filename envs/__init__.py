@@ -14,9 +14,9 @@ import rlzoo
 from rlzoo import env_adapter
 
 rlzoo.require_usable_backend()  # before gymnax starts JAX's backend: a clear line for a JAX_PLATFORMS it cannot use
-from rlzoo.envs.memory import registry as memory_registry
-from rlzoo.envs.probes import registry as probe_registry
-from rlzoo.envs.random_walk import RandomWalk
+from rlzoo.envs.memory import registry as memory_registry  # noqa: E402
+from rlzoo.envs.probes import registry as probe_registry  # noqa: E402
+from rlzoo.envs.random_walk import RandomWalk  # noqa: E402
 
 REGISTRY = {
     "RandomWalk19-v0": lambda: RandomWalk(19),
