@@ -34,17 +34,15 @@ class Part(NamedTuple):
 
 def leaf_bytes(leaf: Any) -> int:
     """Bytes of one array (or ShapeDtypeStruct); a typed PRNG key counts its key data."""
-    dtype = leaf.dtype
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return math.prod(leaf.shape) * 2 * 4  # threefry: two uint32 words per key
-    return math.prod(leaf.shape) * np.dtype(dtype).itemsize
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.eval_shape(jax.random.key_data, leaf)
+    return math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
 
 
 def parts_of(tree: Any) -> list[Part]:
     """Each leaf's pytree path and bytes, largest first."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    parts = [Part("/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path),
-                  leaf_bytes(leaf)) for path, leaf in leaves]
+    parts = [Part(jax.tree_util.keystr(path, simple=True, separator="/"), leaf_bytes(leaf)) for path, leaf in leaves]
     return sorted(parts, key=lambda part: -part.bytes)
 
 
